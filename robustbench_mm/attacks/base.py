@@ -1,0 +1,101 @@
+"""Attack base class: a threat model, ``perturb`` over an Objective, and the torchattacks-style call."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from robustbench_mm.attacks.guard import check_valid
+from robustbench_mm.errors import ConfigError
+from robustbench_mm.registry import Registry
+from robustbench_mm.types import AttackResult, Batch, Norm, Objective
+
+ATTACKS: Registry[type["Attack"]] = Registry("attack")
+
+L2_MAX_EPS = 1000.0  # l2 budgets can exceed 1 (an l2 ball of radius r in [0,1]^d); this only rejects typos
+
+
+class Attack(ABC):
+    """A white-box attack under a threat model.
+
+    Attributes:
+        name: preset name (set by ``build``), recorded in tables.
+        norm, eps: the threat model, eps in [0,1] pixel units; ``norm=None`` for clean evaluation.
+        seed: seed of the attack's own generator when the caller passes none.
+    """
+
+    name: str = ""
+    norm: Norm | None = None
+    eps: float | None = None
+    seed: int = 0
+    # Traits the runner reads for adaptive evaluation and provenance.
+    uses_eot: bool = False
+
+    @abstractmethod
+    def perturb(self, model: Any, batch: Batch, objective: Objective, *, generator: torch.Generator) -> AttackResult:
+        """Return adversarial pixels inside the threat model (maximising ``objective``)."""
+
+    def run(self, objective: Objective, x: Tensor, batch: Batch | None = None, model: Any = None) -> Tensor:
+        """Convenience form ``attack.run(objective, x) -> x_adv``; validity-checked."""
+        batch = batch or Batch(pixels=x, labels=torch.zeros(len(x), dtype=torch.long), index=torch.arange(len(x)))
+        gen = torch.Generator().manual_seed(self.seed)
+        result = self.perturb(model, batch.with_pixels(x), objective, generator=gen)
+        check_valid(x, result.pixels, self.norm, self.eps)
+        return result.pixels
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """torchattacks-style: untargeted cross-entropy on ``model(x)`` logits; returns ``x_adv``."""
+
+        def objective(m: Any, pixels: Tensor, b: Batch) -> Tensor:
+            return F.cross_entropy(m(pixels), b.labels, reduction="none")
+
+        batch = Batch(pixels=x, labels=y, index=torch.arange(len(x)))
+        return self.run(objective, x, batch, model)
+
+    def describe(self) -> dict[str, Any]:
+        """Threat-model fields for tables."""
+        return {"norm": self.norm or "none", "eps": float(self.eps or 0.0), "steps": int(getattr(self, "steps", 0))}
+
+
+def check_threat(norm: str, eps: float, steps: int | None = None) -> None:
+    """Reject budgets that cannot be meant: eps <= 0, linf eps > 1, steps <= 0."""
+    if norm not in ("linf", "l2"):
+        raise ConfigError(f"norm={norm!r} must be linf or l2")
+    if not math.isfinite(eps) or eps <= 0:
+        raise ConfigError(f"eps={eps} must be > 0 (in [0,1] pixel units, e.g. 8/255)")
+    if norm == "linf" and eps > 1:
+        raise ConfigError(f"eps={eps} must be <= 1 for linf (pixels live in [0,1]); did you mean {eps}/255?")
+    if norm == "l2" and eps > L2_MAX_EPS:
+        raise ConfigError(f"eps={eps} is not a plausible l2 budget (max {L2_MAX_EPS})")
+    if steps is not None and steps <= 0:
+        raise ConfigError(f"steps={steps} must be a positive integer")
+
+
+def project(x: Tensor, x_adv: Tensor, norm: Norm, eps: float) -> Tensor:
+    """Project ``x_adv`` onto the eps-ball around ``x`` intersected with [0,1]."""
+    delta = x_adv - x
+    if norm == "linf":
+        delta = delta.clamp(-eps, eps)
+    else:
+        n = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+        delta = delta * (eps / n).clamp(max=1.0)
+    return (x + delta).clamp(0.0, 1.0)
+
+
+def random_start(x: Tensor, norm: Norm, eps: float, generator: torch.Generator) -> Tensor:
+    """Uniform point in the linf ball, or radius ~ U[0,eps] on a random l2 direction; drawn on CPU
+    so the same seed gives the same start on every device."""
+    shape = x.shape
+    if norm == "linf":
+        delta = (torch.rand(shape, generator=generator) * 2 - 1) * eps
+    else:
+        g = torch.randn(shape, generator=generator)
+        r = torch.rand(shape[0], generator=generator) * eps
+        delta = g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (len(shape) - 1)))
+        delta = delta * r.view(-1, *([1] * (len(shape) - 1)))
+    return (x + delta.to(device=x.device, dtype=x.dtype)).clamp(0.0, 1.0)

@@ -1,0 +1,1 @@
+"""Defenses: inference-time wrappers (FS-PSM) and training defenses (MMCoA, top-K softmax, CRMT)."""

@@ -1,0 +1,41 @@
+"""Defense base class and registry."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+from robustbench_mm.registry import Registry
+from robustbench_mm.types import Batch
+
+DEFENSES: Registry[type["Defense"]] = Registry("defense")
+
+
+class Defense(ABC):
+    """A defense either wraps a model at inference or produces new weights by training.
+
+    Traits the runner reads to add adaptive attacks (design 'Trust'):
+        randomized: outputs depend on random draws -> attacks get EOT.
+        non_differentiable: has pieces without useful gradients -> BPDA.
+        rescales_logits: changes the logits' scale -> margin loss is added.
+        families: model families it applies to; others fail with one clear line.
+        certifies: whether ``certify`` returns bounds (``--certify`` is bad input otherwise).
+    """
+
+    randomized: bool = False
+    non_differentiable: bool = False
+    rescales_logits: bool = False
+    certifies: bool = False
+    families: frozenset[str] = frozenset({"clip", "llava", "blip2"})
+    name: str = ""
+
+    @abstractmethod
+    def apply(self, model: Any) -> Any:
+        """Return the defended model with the same VLM interface."""
+
+    def certify(self, model: Any, batch: Batch) -> Any:
+        """Per-example certified bounds, or None when the defense has no certificate."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {"defense": self.name}

@@ -1,0 +1,1 @@
+"""Cells, grids, executors and the parquet store."""

@@ -1,0 +1,163 @@
+"""Run one cell: load, defend, attack every batch, verdict in fp32, write rows atomically."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from robustbench_mm.attacks.guard import check_valid, perturbation_norms
+from robustbench_mm.errors import MMRobustError
+from robustbench_mm.models.zoo import LoadOptions, load_model
+from robustbench_mm.runner import provenance
+from robustbench_mm.runner.resolve import CellSpec, ResolvedCell, resolve, spec_dict
+from robustbench_mm.runner.stats import wilson_interval
+from robustbench_mm.runner.store import SCHEMA_VERSION, ResultStore
+from robustbench_mm.tasks.base import as_list
+from robustbench_mm.types import Batch
+
+log = logging.getLogger(__name__)
+Progress = Callable[[int], None]  # called with the number of samples just finished
+
+
+@dataclass
+class CellSummary:
+    cell_id: str
+    status: str  # ok | failed | skipped
+    row: dict[str, Any] = field(default_factory=dict)
+
+
+def pick_device(requested: str | None) -> torch.device:
+    if requested in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested not in ("cpu", "cuda") and not str(requested).startswith("cuda:"):
+        from robustbench_mm.errors import ConfigError
+
+        raise ConfigError(f"--device {requested!r} must be cpu or cuda")
+    if str(requested).startswith("cuda") and not torch.cuda.is_available():
+        from robustbench_mm.errors import ConfigError
+
+        raise ConfigError("--device cuda requested but CUDA is not available; use --device cpu")
+    return torch.device(str(requested))
+
+
+def run_cell(spec: CellSpec | ResolvedCell, *, store: ResultStore, force: bool = False,
+             progress: Progress | None = None) -> CellSummary:
+    """Run a cell unless the store has it (``force`` recomputes). Bad input raises before any write;
+    a failure during evaluation (NaN, OOM at batch 1, invalid adversarial) is recorded as ``failed``."""
+    cell = spec if isinstance(spec, ResolvedCell) else resolve(spec)
+    device = pick_device(cell.spec.device)
+    if store.finished(cell.cell_id) and not force:
+        log.info("cell %s already in %s; skipped", cell.cell_id, store.root)
+        return CellSummary(cell.cell_id, "skipped", store.cell_row(cell.cell_id) or {})
+    start = time.time()
+    model = load_model(cell.model_name, LoadOptions(device=device.type, dtype="fp32"))
+    try:
+        tables = evaluate(cell, model, device, progress)
+        status, error = "ok", ""
+    except MMRobustError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - recorded as a failed cell, never as a number
+        log.exception("cell %s failed", cell.cell_id)
+        tables, status, error = _empty_tables(), "failed", f"{type(exc).__name__}: {exc}"
+    row = summary_row(cell, model, device, tables, status, error, time.time() - start)
+    tables["asr"] = pd.DataFrame([row])
+    store.commit_cell(cell.cell_id, tables, _meta(cell, row))
+    return CellSummary(cell.cell_id, status, row)
+
+
+def evaluate(cell: ResolvedCell, model: Any, device: torch.device, progress: Progress | None) -> dict[str, Any]:
+    """Per-sample rows of the cell (``samples`` and ``certified`` tables)."""
+    defended = cell.defense.apply(model)
+    task, attack = cell.task, cell.attack
+    objective = task.objective(getattr(attack, "loss", None))
+    rows: list[dict[str, Any]] = []
+    spec = cell.spec
+    for batch in task.examples(n=spec.n, seed=spec.seed, batch_size=spec.batch_size, image_size=model.image_size):
+        rows.extend(_evaluate_batch(cell, defended, objective, batch.to(device)))
+        if progress:
+            progress(len(batch))
+    return {"samples": pd.DataFrame(rows), "certified": pd.DataFrame()}
+
+
+def _evaluate_batch(cell: ResolvedCell, model: Any, objective: Any, batch: Batch) -> list[dict[str, Any]]:
+    task, attack = cell.task, cell.attack
+    clean_pred = task.predict(model, batch)
+    clean_ok = task.correct(batch, clean_pred).cpu()
+    x_adv = batch.pixels.clone()
+    if bool(clean_ok.any()):
+        sub = batch.select(clean_ok.to(batch.pixels.device))
+        gen = torch.Generator().manual_seed(cell.spec.seed * 1_000_003 + int(sub.index[0]))
+        result = attack.perturb(model, sub, objective, generator=gen)
+        check_valid(sub.pixels, result.pixels, attack.norm, attack.eps)
+        if not torch.isfinite(result.loss).all():
+            raise FloatingPointError("attack objective became NaN/inf; the cell's numbers would be meaningless")
+        x_adv[clean_ok.nonzero().flatten().to(x_adv.device)] = result.pixels.to(x_adv.dtype)
+    adv_batch = batch.with_pixels(x_adv)
+    adv_pred = task.predict(model, adv_batch)  # fp32 verdict on every adversarial example
+    success = task.success(batch, clean_ok, adv_pred).cpu()
+    adv_ok = task.correct(batch, adv_pred).cpu()
+    linf, l2 = perturbation_norms(batch.pixels, x_adv)
+    with torch.no_grad():
+        cos = F.cosine_similarity(model.encode_image(batch.pixels).float(), model.encode_image(x_adv).float(), dim=-1)
+    texts = not isinstance(clean_pred, torch.Tensor)
+    out = []
+    for i in range(len(batch)):
+        out.append({
+            "cell_id": cell.cell_id, "index": int(batch.index[i]), "label": int(batch.labels[i]),
+            "clean_pred": -1 if texts else int(clean_pred[i]), "adv_pred": -1 if texts else int(adv_pred[i]),
+            "clean_text": as_list(clean_pred)[i] if texts else "", "adv_text": as_list(adv_pred)[i] if texts else "",
+            "clean_correct": bool(clean_ok[i]), "adv_correct": bool(adv_ok[i]), "success": bool(success[i]),
+            "linf": float(linf[i]), "l2": float(l2[i]), "feature_cosine": float(cos[i]),
+            "certified_bound": float("nan"),
+        })
+    return out
+
+
+def summary_row(cell: ResolvedCell, model: Any, device: torch.device, tables: dict[str, Any], status: str,
+                error: str, wall: float) -> dict[str, Any]:
+    """The ``asr.parquet`` row: design 'Tables' columns, numbers as numbers."""
+    samples = tables["samples"]
+    n = len(samples)
+    clean_ok = int(samples["clean_correct"].sum()) if n else 0
+    succ = int(samples["success"].sum()) if n else 0
+    lo, hi = wilson_interval(succ, clean_ok)
+    threat = cell.attack.describe()
+    ok = status == "ok"
+    nan = float("nan")
+    return {
+        "cell_id": cell.cell_id, "model": cell.entry.name, "attack": cell.attack.name, "defense": cell.defense.name,
+        "task": cell.task.name, "norm": threat["norm"], "eps": threat["eps"], "steps": threat["steps"],
+        "seed": cell.spec.seed, "n": n if ok else (cell.spec.n or 0),
+        "clean_accuracy": clean_ok / n if n else nan,
+        "robust_accuracy": float(samples["adv_correct"].mean()) if n else nan,
+        "asr": succ / clean_ok if clean_ok else nan, "asr_low": lo if ok else nan, "asr_high": hi if ok else nan,
+        "max_linf": float(samples["linf"].max()) if n else nan, "max_l2": float(samples["l2"].max()) if n else nan,
+        "queries": int(getattr(cell.attack, "steps", 0) or 0) * int(getattr(cell.attack, "restarts", 1) or 1),
+        "wall_s": wall, "samples_per_s": n / wall if wall > 0 else nan,
+        "device": provenance.device_name(device), "dtype": cell.spec.dtype,
+        "precision_policy": f"search={getattr(cell.attack, 'search_dtype', 'fp32')},verdict=fp32",
+        "status": status, "error": error, "unreliable": False,
+        "sanity": json.dumps({"validity_guard": "pass" if ok else "not run"}),
+        "created_at": provenance.now(), "git_commit": provenance.git_commit(),
+        "versions": provenance.versions_json(), "model_revision": getattr(model, "revision", ""),
+        "schema_version": SCHEMA_VERSION, "batch_size": cell.spec.batch_size,
+    }
+
+
+def _empty_tables() -> dict[str, Any]:
+    return {"samples": pd.DataFrame(columns=["cell_id", "clean_correct", "adv_correct", "success", "linf", "l2"]),
+            "certified": pd.DataFrame()}
+
+
+def _meta(cell: ResolvedCell, row: dict[str, Any]) -> dict[str, Any]:
+    return {"cell_id": cell.cell_id, "config": cell.config(), "spec": spec_dict(cell.spec),
+            "overrides": dict(cell.attack_preset.overrides), "git_commit": row["git_commit"],
+            "versions": provenance.versions(), "device": row["device"], "created_at": row["created_at"],
+            "wall_s": row["wall_s"], "status": row["status"]}

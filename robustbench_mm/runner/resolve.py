@@ -1,0 +1,141 @@
+"""Turn a CellSpec (names + overrides) into built objects and a stable cell id, before any
+weights load, so bad input fails fast with one clear line."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from robustbench_mm.attacks.base import ATTACKS, Attack
+from robustbench_mm.defenses.base import DEFENSES, Defense
+from robustbench_mm.errors import CapabilityError, ConfigError
+from robustbench_mm.models.zoo import ModelEntry, entry_for, resolve_model_name
+from robustbench_mm.presets import Preset, load_preset, stable_hash
+from robustbench_mm.runner.store import SCHEMA_VERSION
+from robustbench_mm.tasks.base import TASKS, Task
+
+FAMILY_CAPABILITIES = {
+    "clip": frozenset({"features", "classify"}),
+    "llava": frozenset({"features", "logprob", "generate"}),
+    "blip2": frozenset({"features", "logprob", "generate"}),
+}
+DEFAULT_TASKS = {"clip": "fmnist-zeroshot", "llava": "fmnist-vqa", "blip2": "fmnist-vqa"}
+DTYPES = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """One cell as the user named it. ``None`` overrides keep the preset's value."""
+
+    model: str
+    attack: str = "pgd"
+    defense: str = "none"
+    task: str | None = None
+    seed: int = 0
+    n: int | None = 64
+    batch_size: int = 64
+    device: str | None = None
+    dtype: str = "fp32"
+    eps: float | None = None
+    steps: int | None = None
+    norm: str | None = None
+    certify: bool | None = None
+
+
+@dataclass
+class ResolvedCell:
+    spec: CellSpec
+    model_name: str
+    entry: ModelEntry
+    attack_preset: Preset
+    defense_preset: Preset
+    task_preset: Preset
+    attack: Attack
+    defense: Defense
+    task: Task
+    cell_id: str
+    certify: bool
+
+    def config(self) -> dict[str, Any]:
+        """Everything that determines the cell's numbers (hashed into ``cell_id``)."""
+        return cell_config(self.entry, self.attack_preset, self.defense_preset, self.task_preset, self.spec)
+
+
+def cell_config(entry: ModelEntry, attack: Preset, defense: Preset, task: Preset, spec: CellSpec) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "model": {"name": entry.name, "source": entry.source},
+        "attack": attack.config(),
+        "defense": defense.config(),
+        "task": task.config(),
+        "seed": spec.seed,
+        "n": spec.n,
+        "dtype": spec.dtype,
+    }
+
+
+def _register_all() -> None:
+    from robustbench_mm.attacks import registry_imports as _a  # noqa: F401
+    from robustbench_mm.defenses import registry_imports as _d  # noqa: F401
+    from robustbench_mm.tasks import registry_imports as _t  # noqa: F401
+
+
+def resolve(spec: CellSpec) -> ResolvedCell:
+    """Validate names, overrides and compatibility; build attack, defense and task objects."""
+    _register_all()
+    if spec.dtype not in DTYPES:
+        raise ConfigError(f"--dtype {spec.dtype!r} must be one of {', '.join(DTYPES)}")
+    if spec.batch_size <= 0:
+        raise ConfigError(f"--batch-size {spec.batch_size} must be a positive integer")
+    model_name = resolve_model_name(spec.model)
+    entry = entry_for(model_name)
+    overrides = {"eps": spec.eps, "steps": spec.steps, "norm": spec.norm}
+    attack_preset = load_preset("attack", spec.attack, ATTACKS, _attack_overrides(spec.attack, overrides))
+    defense_preset = load_preset("defense", spec.defense, DEFENSES)
+    task_preset = load_preset("task", spec.task or DEFAULT_TASKS[entry.family], TASKS)
+    attack = _build(ATTACKS.get(attack_preset.impl), attack_preset)
+    defense = _build(DEFENSES.get(defense_preset.impl), defense_preset)
+    task = _build(TASKS.get(task_preset.impl), task_preset)
+    _check_compatible(entry, defense, task)
+    certify = defense.certifies if spec.certify is None else spec.certify
+    if certify and not defense.certifies:
+        raise ConfigError(f"--certify: defense {defense.name!r} has no certificate (use fs or fs-psm)")
+    config = cell_config(entry, attack_preset, defense_preset, task_preset, spec)
+    config["certify"] = certify
+    return ResolvedCell(spec, model_name, entry, attack_preset, defense_preset, task_preset, attack, defense, task,
+                        stable_hash(config), certify)
+
+
+def _attack_overrides(attack: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """CLI budget flags apply to attacks that have a budget; the clean 'none' ignores them."""
+    return {} if attack == "none" else overrides
+
+
+def _build(cls: Any, preset: Preset) -> Any:
+    try:
+        obj = cls(**preset.params)
+    except TypeError as exc:
+        raise ConfigError(f"{preset.path}: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{preset.path}: {exc}") from None
+    obj.name = preset.name
+    return obj
+
+
+def _check_compatible(entry: ModelEntry, defense: Defense, task: Task) -> None:
+    caps = FAMILY_CAPABILITIES[entry.family]
+    missing = task.requires - caps
+    if missing:
+        raise CapabilityError(
+            f"task {task.name!r} needs {', '.join(sorted(missing))}, which {entry.family} model {entry.name!r} "
+            f"lacks; use --task {DEFAULT_TASKS[entry.family]} or a {'/'.join(sorted(task.families))} model"
+        )
+    if entry.family not in defense.families:
+        raise CapabilityError(
+            f"defense {defense.name!r} does not apply to {entry.family} models such as {entry.name!r}; "
+            f"it supports {', '.join(sorted(defense.families))}"
+        )
+
+
+def spec_dict(spec: CellSpec) -> dict[str, Any]:
+    return asdict(spec)

@@ -1,0 +1,1 @@
+"""Tasks: dataset + prompts + metric + success criterion; they build the attack Objective."""

@@ -1,0 +1,97 @@
+"""Zero-shot image classification with CLIP: prompt templates, accuracy, untargeted ASR."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from robustbench_mm.attacks.objectives import CLASSIFICATION_LOSSES, ClassifierObjective
+from robustbench_mm.errors import ConfigError
+from robustbench_mm.tasks.base import TASKS, Task, to_long
+from robustbench_mm.tasks.data import class_names, image_to_tensor, load_source
+from robustbench_mm.types import Batch, Objective
+
+
+@TASKS.register("zero-shot")
+class ZeroShotClassification(Task):
+    """Zero-shot classification: logits = logit_scale * cos(image, prompt(class)).
+
+    Args:
+        dataset: source string (``bundled:fmnist``, ``disk:/p``, ``imagefolder:/p``, ``hf:cifar10``).
+        split: split for hub / DatasetDict sources.
+        templates: prompt templates with ``{c}``; several are averaged (prompt ensemble).
+        classes: class names, else the dataset's ClassLabel names.
+        image_column, label_column: dataset columns.
+    """
+
+    requires = frozenset({"classify"})
+    families = frozenset({"clip"})
+
+    def __init__(
+        self,
+        *,
+        dataset: str = "bundled:fmnist",
+        split: str = "test",
+        templates: tuple[str, ...] = ("a photo of a {c}",),
+        classes: tuple[str, ...] | None = None,
+        image_column: str = "image",
+        label_column: str = "label",
+    ) -> None:
+        if not templates or any("{c}" not in t for t in templates):
+            raise ConfigError(f"templates={templates!r}: every template needs a {{c}} placeholder")
+        self.dataset, self.split = dataset, split
+        self.templates, self.given_classes = tuple(templates), classes
+        self.image_column, self.label_column = image_column, label_column
+        self._ds: Any = None
+
+    @property
+    def ds(self) -> Any:
+        if self._ds is None:
+            self._ds = load_source(self.dataset, self.split)
+            for col in (self.image_column, self.label_column):
+                if col not in self._ds.column_names:
+                    raise ConfigError(f"task {self.name}: dataset has no column {col!r} "
+                                      f"(columns: {', '.join(self._ds.column_names)})")
+        return self._ds
+
+    @property
+    def classes(self) -> list[str]:
+        return class_names(self.ds, self.label_column, self.given_classes)
+
+    def class_prompts(self) -> list[str] | list[list[str]]:
+        """One prompt per class, or per class a list over templates (ensembled by the model)."""
+        if len(self.templates) == 1:
+            return [self.templates[0].format(c=c) for c in self.classes]
+        return [[t.format(c=c) for t in self.templates] for c in self.classes]
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def load_examples(self, indices: list[int], image_size: int) -> Batch:
+        rows = self.ds.select(indices)
+        if self.dataset == "bundled:fmnist":
+            from robustbench_mm.tasks.bundled import to_model_pixels
+
+            import numpy as np
+
+            arr = np.stack([np.asarray(im, dtype=np.uint8).reshape(28, 28) for im in rows[self.image_column]])
+            pixels = to_model_pixels(arr, image_size)
+        else:
+            pixels = torch.stack([image_to_tensor(im, image_size) for im in rows[self.image_column]])
+        return Batch(pixels=pixels, labels=to_long(list(rows[self.label_column])), index=to_long(indices))
+
+    def objective(self, loss: str | None = None) -> Objective:
+        loss = loss or "ce"
+        if loss not in CLASSIFICATION_LOSSES:
+            raise ConfigError(f"loss {loss!r} is not a classification loss ({', '.join(CLASSIFICATION_LOSSES)})")
+        return ClassifierObjective(self.class_prompts(), loss=loss)
+
+    def predict(self, model: Any, batch: Batch) -> Tensor:
+        with torch.no_grad():
+            return model.classify(batch.pixels, self.class_prompts()).argmax(dim=1).cpu()
+
+    def correct(self, batch: Batch, prediction: Tensor | list[str]) -> Tensor:
+        assert isinstance(prediction, Tensor)
+        return prediction.cpu() == batch.labels.cpu()
