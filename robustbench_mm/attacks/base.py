@@ -36,6 +36,11 @@ class Attack(ABC):
     # Traits the runner reads for adaptive evaluation and provenance.
     uses_eot: bool = False
 
+    def prepare(self, model: Any, batch: Batch, objective: Objective) -> Objective:
+        """The objective this attack maximises on ``batch``: the task's by default; embedding
+        attacks replace it (e.g. with the cosine to the clean features, computed here)."""
+        return objective
+
     @abstractmethod
     def perturb(self, model: Any, batch: Batch, objective: Objective, *, generator: torch.Generator) -> AttackResult:
         """Return adversarial pixels inside the threat model (maximising ``objective``)."""

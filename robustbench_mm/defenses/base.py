@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Sequence
+
+import pandas as pd
 
 from robustbench_mm.registry import Registry
 from robustbench_mm.types import Batch
@@ -33,9 +35,20 @@ class Defense(ABC):
     def apply(self, model: Any) -> Any:
         """Return the defended model with the same VLM interface."""
 
-    def certify(self, model: Any, batch: Batch) -> Any:
-        """Per-example certified bounds, or None when the defense has no certificate."""
+    def certify(self, model: Any, batch: Batch, radii: Sequence[float]) -> pd.DataFrame | None:
+        """Per-example certified quantities, or None when the defense has no certificate.
+
+        Returns one row per (example, radius, quantity) with columns ``index`` (dataset index),
+        ``radius`` (l2, pixel units), ``quantity`` (e.g. ``fcsb``, ``certified_accuracy``),
+        ``value`` (``nan`` = abstain), ``abstain`` (bool), ``mc_samples``, ``alpha``.
+        ``model`` is the defended model (its ``raw_vision_features`` is the base encoder);
+        ``radii`` always includes the attack's l2 eps.
+        """
         return None
+
+    def certificate_radii(self) -> tuple[float, ...]:
+        """Radii reported in certified.parquet (preset list)."""
+        return ()
 
     def describe(self) -> dict[str, Any]:
         return {"defense": self.name}
