@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Adversarial robustness benchmark for "
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Adversarial robustness benchmark for "
                   "multimodal models (CLIP, LLaVA, BLIP-2).")
 store_app = typer.Typer(no_args_is_help=True, help="Check or repair a result store.")
 app.add_typer(store_app, name="store")

@@ -150,7 +150,10 @@ def _evaluate_batch(cell: ResolvedCell, model: Any, objective: Any, batch: Batch
         x_adv[clean_ok.nonzero().flatten().to(x_adv.device)] = result.pixels.to(x_adv.dtype)
     adv_batch = batch.with_pixels(x_adv)
     adv_pred = task.predict(model, adv_batch)  # fp32 verdict on every adversarial example
-    success = task.success(batch, clean_ok, adv_pred).cpu()
+    if getattr(attack, "targeted", False):  # targeted ASR: the output is the attacker's target
+        success = clean_ok & task.targeted_success(batch, adv_pred).cpu()
+    else:
+        success = task.success(batch, clean_ok, adv_pred).cpu()
     adv_ok = task.correct(batch, adv_pred).cpu()
     linf, l2 = perturbation_norms(batch.pixels, x_adv)
     with torch.no_grad():

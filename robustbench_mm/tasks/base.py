@@ -66,6 +66,10 @@ class Task(ABC):
         """Untargeted ASR numerator (design 'ASR'): clean right and adversarial wrong, bool ``[B]``."""
         return clean_correct & ~self.correct(batch, adv_prediction).to(clean_correct.device)
 
+    def targeted_success(self, batch: Batch, adv_prediction: Tensor | list[str]) -> Tensor:
+        """Targeted ASR numerator: the adversarial prediction is ``batch.targets``, bool ``[B]``."""
+        raise NotImplementedError(f"task {self.name} defines no targeted success")
+
     def describe(self) -> dict[str, Any]:
         return {"task": self.name}
 

@@ -1,3 +1,3 @@
 """Import every task module so its implementations register themselves."""
 
-from robustbench_mm.tasks import zero_shot  # noqa: F401
+from robustbench_mm.tasks import generative, zero_shot  # noqa: F401

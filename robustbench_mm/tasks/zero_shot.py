@@ -80,7 +80,15 @@ class ZeroShotClassification(Task):
             pixels = to_model_pixels(arr, image_size)
         else:
             pixels = torch.stack([image_to_tensor(im, image_size) for im in rows[self.image_column]])
-        return Batch(pixels=pixels, labels=to_long(list(rows[self.label_column])), index=to_long(indices))
+        labels = list(rows[self.label_column])
+        n_cls = len(self.classes)
+        # a fixed target class per sample for targeted attacks (never the true class)
+        targets = to_long([(y + 1 + i % max(1, n_cls - 1)) % n_cls for y, i in zip(labels, indices)])
+        return Batch(pixels=pixels, labels=to_long(labels), index=to_long(indices), targets=targets)
+
+    def targeted_success(self, batch: Batch, adv_prediction: Tensor | list[str]) -> Tensor:
+        assert isinstance(adv_prediction, Tensor) and isinstance(batch.targets, Tensor)
+        return adv_prediction.cpu() == batch.targets.cpu()
 
     def objective(self, loss: str | None = None) -> Objective:
         loss = loss or "ce"
