@@ -60,6 +60,8 @@ BatchOpt = Annotated[int, typer.Option("--batch-size")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu or cuda (default: cuda if available).")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="fp32 or bf16 (attack search precision).")]
 OutOpt = Annotated[str, typer.Option("--out", help="Result store directory.")]
+PickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="Allow pickle checkpoints (.bin/.pt): runs code.")]
+RemoteOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow Hugging Face remote code.")]
 
 
 @app.command()
@@ -68,12 +70,14 @@ def run(model: Model, attack: AttackOpt = "pgd", defense: DefenseOpt = "none", t
         batch_size: BatchOpt = 64, device: DeviceOpt = None, dtype: DtypeOpt = "fp32",
         out: OutOpt = "results/runs/default",
         force: Annotated[bool, typer.Option("--force", help="Recompute even if the store has the cell.")] = False,
-        certify: Annotated[Optional[bool], typer.Option("--certify/--no-certify")] = None) -> None:
+        certify: Annotated[Optional[bool], typer.Option("--certify/--no-certify")] = None,
+        allow_pickle: PickleOpt = False, trust_remote_code: RemoteOpt = False) -> None:
     """Run one cell (model x attack x defense x task) and write its rows to the store."""
     from robustbench_mm import api
 
     spec = _spec(model, attack, defense, task, eps=eps, norm=norm, steps=steps, n=n, seed=seed,
-                 batch_size=batch_size, device=device, dtype=dtype, certify=certify)
+                 batch_size=batch_size, device=device, dtype=dtype, certify=certify, allow_pickle=allow_pickle,
+                 trust_remote_code=trust_remote_code)
     with _progress(1, "cell") as bar:
         job = bar.add_task(f"{model} / {attack} / {defense}", total=n)
         summary = api.run_cell(spec, out=out, force=force, progress=lambda k: bar.advance(job, k))
@@ -90,7 +94,8 @@ def grid(preset: Annotated[Optional[str], typer.Option("--preset", help="Grid pr
          batch_size: BatchOpt = 64, device: DeviceOpt = None, dtype: DtypeOpt = "fp32",
          executor: Annotated[str, typer.Option("--executor", help="local (ray: not yet available).")] = "local",
          out: OutOpt = "results/runs/default",
-         force: Annotated[bool, typer.Option("--force")] = False) -> None:
+         force: Annotated[bool, typer.Option("--force")] = False,
+         allow_pickle: PickleOpt = False, trust_remote_code: RemoteOpt = False) -> None:
     """Run the product of models x attacks x defenses x tasks (or a grid preset); resumable."""
     from robustbench_mm import api
     from robustbench_mm.errors import ConfigError
@@ -102,7 +107,7 @@ def grid(preset: Annotated[Optional[str], typer.Option("--preset", help="Grid pr
         raise ConfigError("grid needs --preset NAME or --models a,b (see `mmrobust grid --help`)")
     split = lambda s: tuple(x.strip() for x in s.split(",") if x.strip())  # noqa: E731
     spec = _spec("", "pgd", "none", None, eps=eps, norm=norm, steps=steps, n=n, seed=seed, batch_size=batch_size,
-                 device=device, dtype=dtype)
+                 device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     adhoc = None if preset else GridSpec(split(models or ""), split(attacks), split(defenses),
                                          split(tasks) if tasks else (None,))
     cells = api.plan_grid(adhoc, preset, spec)

@@ -27,6 +27,8 @@ class Batch:
         prompts: per-example text prompts for generative tasks (None for classification).
         answers: per-example reference answers for generative tasks.
         targets: per-example attacker target strings or class ids for targeted attacks.
+        seeds: per-example seeds ``[B]`` for attack randomness, so an example's random start does
+            not depend on which batch it lands in (batch size, OOM halving, device).
     """
 
     pixels: Tensor
@@ -36,6 +38,7 @@ class Batch:
     answers: list[str] | None = None
     targets: list[str] | Tensor | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    seeds: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.pixels.shape[0])
@@ -63,6 +66,7 @@ class Batch:
             answers=pick(self.answers),  # type: ignore[arg-type]
             targets=pick(self.targets),  # type: ignore[arg-type]
             extra={k: pick(v) for k, v in self.extra.items()},
+            seeds=pick(self.seeds),  # type: ignore[arg-type]
         )
 
     def to(self, device: torch.device | str) -> "Batch":
@@ -74,6 +78,7 @@ class Batch:
             answers=self.answers,
             targets=self.targets.to(device) if isinstance(self.targets, Tensor) else self.targets,
             extra=self.extra,
+            seeds=self.seeds,
         )
 
 

@@ -92,15 +92,32 @@ def project(x: Tensor, x_adv: Tensor, norm: Norm, eps: float) -> Tensor:
     return (x + delta).clamp(0.0, 1.0)
 
 
-def random_start(x: Tensor, norm: Norm, eps: float, generator: torch.Generator) -> Tensor:
-    """Uniform point in the linf ball, or radius ~ U[0,eps] on a random l2 direction; drawn on CPU
-    so the same seed gives the same start on every device."""
-    shape = x.shape
-    if norm == "linf":
-        delta = (torch.rand(shape, generator=generator) * 2 - 1) * eps
+def random_start(x: Tensor, norm: Norm, eps: float, generator: torch.Generator,
+                 seeds: Tensor | None = None) -> Tensor:
+    """Uniform point in the linf ball, or radius ~ U[0,eps] on a random l2 direction.
+
+    Drawn on CPU so a seed gives the same start on every device; with per-example ``seeds``
+    each example's start is independent of the batch it is in.
+    """
+    if seeds is not None:
+        rows = [_start_delta(x.shape[1:], norm, eps, torch.Generator().manual_seed(int(s) + 7919 * draw))
+                for s, draw in zip(seeds.tolist(), _draw_counter(generator, len(x)))]
+        delta = torch.stack(rows)
     else:
-        g = torch.randn(shape, generator=generator)
-        r = torch.rand(shape[0], generator=generator) * eps
-        delta = g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (len(shape) - 1)))
-        delta = delta * r.view(-1, *([1] * (len(shape) - 1)))
+        delta = torch.stack([_start_delta(x.shape[1:], norm, eps, generator) for _ in range(len(x))])
     return (x + delta.to(device=x.device, dtype=x.dtype)).clamp(0.0, 1.0)
+
+
+def _draw_counter(generator: torch.Generator, n: int) -> list[int]:
+    """A restart counter shared by the batch (advances the caller's generator identically for
+    every batch layout), so restarts get fresh per-example starts."""
+    draw = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    return [draw] * n
+
+
+def _start_delta(shape: torch.Size, norm: Norm, eps: float, generator: torch.Generator) -> Tensor:
+    if norm == "linf":
+        return (torch.rand(shape, generator=generator) * 2 - 1) * eps
+    g = torch.randn(shape, generator=generator)
+    r = torch.rand(1, generator=generator) * eps
+    return g / g.norm().clamp_min(1e-12) * r

@@ -92,7 +92,7 @@ class PGD(Attack):
         assert self.norm is not None and self.eps is not None
         best_x, best_loss = x.clone(), torch.full((len(x),), -float("inf"), device=x.device)
         for _ in range(self.restarts):
-            x_adv = random_start(x, self.norm, self.eps, generator) if self.random_start else x.clone()
+            x_adv = random_start(x, self.norm, self.eps, generator, batch.seeds) if self.random_start else x.clone()
             for _ in range(self.steps):
                 loss, grad = loss_and_grad(model, x_adv, batch, objective, self.eot, self.search_dtype)
                 best_x, best_loss = _keep_best(best_x, best_loss, x_adv, loss)

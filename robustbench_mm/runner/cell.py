@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import pandas as pd
@@ -57,7 +57,9 @@ def run_cell(spec: CellSpec | ResolvedCell, *, store: ResultStore, force: bool =
         log.info("cell %s already in %s; skipped", cell.cell_id, store.root)
         return CellSummary(cell.cell_id, "skipped", store.cell_row(cell.cell_id) or {})
     start = time.time()
-    model = load_model(cell.model_name, LoadOptions(device=device.type, dtype="fp32"))
+    model = load_model(cell.model_name, LoadOptions(device=str(device), dtype="fp32",
+                                                    allow_pickle=cell.spec.allow_pickle,
+                                                    trust_remote_code=cell.spec.trust_remote_code))
     try:
         tables = evaluate(cell, model, device, progress)
         status, error = "ok", ""
@@ -82,7 +84,7 @@ def evaluate(cell: ResolvedCell, model: Any, device: torch.device, progress: Pro
     spec = cell.spec
     for batch in task.examples(n=spec.n, seed=spec.seed, batch_size=spec.batch_size, image_size=model.image_size):
         batch = batch.to(device)
-        batch_rows = _evaluate_batch(cell, defended, objective, batch)
+        batch_rows = _evaluate_halving_on_oom(cell, defended, objective, batch)
         if cell.certify:
             cert = _certify_batch(cell, defended, batch)
             cert_frames.append(cert)
@@ -97,6 +99,8 @@ def evaluate(cell: ResolvedCell, model: Any, device: torch.device, progress: Pro
 def _certify_batch(cell: ResolvedCell, model: Any, batch: Batch) -> pd.DataFrame:
     radii = sorted(set(cell.defense.certificate_radii()) | ({float(cell.attack.eps)} if cell.attack.norm == "l2"
                                                             and cell.attack.eps else set()))
+    if hasattr(cell.task, "class_prompts"):  # zero-shot: prediction-wise certificates (methods 2.13)
+        batch = replace(batch, extra={**batch.extra, "class_prompts": tuple(cell.task.class_prompts())})
     with torch.no_grad():
         frame = cell.defense.certify(model, batch, radii)
     if frame is None:
@@ -135,21 +139,52 @@ def aggregate_certified(cell: ResolvedCell, per_sample: pd.DataFrame) -> pd.Data
     return pd.DataFrame(out)
 
 
+# Test hook (reliability tests inject a real torch.OutOfMemoryError through it): called with
+# the model and the batch about to be attacked.
+BEFORE_ATTACK_HOOK: Callable[[Any, Batch], None] | None = None
+
+
+def _evaluate_halving_on_oom(cell: ResolvedCell, model: Any, objective: Any, batch: Batch) -> list[dict[str, Any]]:
+    """Evaluate a batch; on out-of-memory split it in halves and retry (per-example seeds keep
+    the results identical). A single example that does not fit fails the cell with the reason."""
+    try:
+        return _evaluate_batch(cell, model, objective, batch)
+    except torch.OutOfMemoryError:
+        if len(batch) == 1:
+            raise
+        if batch.pixels.is_cuda:
+            torch.cuda.empty_cache()
+        half = len(batch) // 2
+        log.warning("out of memory at batch %d; retrying with %d", len(batch), half)
+        first = torch.zeros(len(batch), dtype=torch.bool)
+        first[:half] = True
+        return (_evaluate_halving_on_oom(cell, model, objective, batch.select(first.to(batch.pixels.device)))
+                + _evaluate_halving_on_oom(cell, model, objective, batch.select(~first.to(batch.pixels.device))))
+
+
 def _evaluate_batch(cell: ResolvedCell, model: Any, objective: Any, batch: Batch) -> list[dict[str, Any]]:
     task, attack = cell.task, cell.attack
     clean_pred = task.predict(model, batch)
     clean_ok = task.correct(batch, clean_pred).cpu()
     x_adv = batch.pixels.clone()
+    verdict_model = model
     if bool(clean_ok.any()):
         sub = batch.select(clean_ok.to(batch.pixels.device))
-        gen = torch.Generator().manual_seed(cell.spec.seed * 1_000_003 + int(sub.index[0]))
+        sub.seeds = cell.spec.seed * 1_000_003 + sub.index  # per-example attack randomness
+        if BEFORE_ATTACK_HOOK is not None:
+            BEFORE_ATTACK_HOOK(model, sub)
+        gen = torch.Generator().manual_seed(cell.spec.seed)
         result = attack.perturb(model, sub, attack.prepare(model, sub, objective), generator=gen)
         check_valid(sub.pixels, result.pixels, attack.norm, attack.eps)
         if not torch.isfinite(result.loss).all():
             raise FloatingPointError("attack objective became NaN/inf; the cell's numbers would be meaningless")
         x_adv[clean_ok.nonzero().flatten().to(x_adv.device)] = result.pixels.to(x_adv.dtype)
+        # text-side attacks (text-embed) are judged with the adversarial class embeddings
+        verdict_model = attack.verdict_model(model) if hasattr(attack, "verdict_model") else model
     adv_batch = batch.with_pixels(x_adv)
-    adv_pred = task.predict(model, adv_batch)  # fp32 verdict on every adversarial example
+    adv_pred = task.predict(verdict_model, adv_batch)  # fp32 verdict on every adversarial example
+    if verdict_model is not model and isinstance(adv_pred, torch.Tensor):  # unattacked rows keep clean preds
+        adv_pred = torch.where(clean_ok, adv_pred.cpu(), torch.as_tensor(clean_pred).cpu())
     if getattr(attack, "targeted", False):  # targeted ASR: the output is the attacker's target
         success = clean_ok & task.targeted_success(batch, adv_pred).cpu()
     else:

@@ -3,7 +3,8 @@ weights load, so bad input fails fast with one clear line."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import inspect
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from robustbench_mm.attacks.base import ATTACKS, Attack
@@ -40,6 +41,8 @@ class CellSpec:
     steps: int | None = None
     norm: str | None = None
     certify: bool | None = None
+    allow_pickle: bool = False  # load-time permissions: not part of the cell's identity
+    trust_remote_code: bool = False
 
 
 @dataclass
@@ -95,6 +98,7 @@ def resolve(spec: CellSpec) -> ResolvedCell:
     task_preset = load_preset("task", spec.task or DEFAULT_TASKS[entry.family], TASKS)
     attack = _build(ATTACKS.get(attack_preset.impl), attack_preset)
     defense = _build(DEFENSES.get(defense_preset.impl), defense_preset)
+    attack_preset, attack = adaptive_eot(attack_preset, attack, defense)
     task = _build(TASKS.get(task_preset.impl), task_preset)
     _check_compatible(entry, defense, task)
     certify = defense.certifies if spec.certify is None else spec.certify
@@ -109,6 +113,19 @@ def resolve(spec: CellSpec) -> ResolvedCell:
 def _attack_overrides(attack: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """CLI budget flags apply to attacks that have a budget; the clean 'none' ignores them."""
     return {} if attack == "none" else overrides
+
+
+def adaptive_eot(preset: Preset, attack: Attack, defense: Defense) -> tuple[Preset, Attack]:
+    """Design 'Trust': a randomized defense is attacked through its noise. When the defense is
+    ``randomized`` with ``n_eot`` > 1 and the attack takes an ``eot`` parameter left at 1, rebuild it
+    with ``eot = defense.n_eot`` and name it ``<attack>+eot<n>`` in the tables (and the cell id)."""
+    n_eot = int(getattr(defense, "n_eot", 0) or 0)
+    cls = ATTACKS.get(preset.impl)
+    if (not defense.randomized or n_eot <= 1 or getattr(attack, "eot", None) != 1
+            or "eot" not in inspect.signature(cls).parameters):
+        return preset, attack
+    preset = replace(preset, name=f"{preset.name}+eot{n_eot}", params={**preset.params, "eot": n_eot})
+    return preset, _build(cls, preset)
 
 
 def _build(cls: Any, preset: Preset) -> Any:
