@@ -92,7 +92,8 @@ def grid(preset: Annotated[Optional[str], typer.Option("--preset", help="Grid pr
          tasks: Annotated[Optional[str], typer.Option("--tasks", help="Comma list (default per family).")] = None,
          eps: EpsOpt = None, norm: NormOpt = None, steps: StepsOpt = None, n: NOpt = 64, seed: SeedOpt = 0,
          batch_size: BatchOpt = 64, device: DeviceOpt = None, dtype: DtypeOpt = "fp32",
-         executor: Annotated[str, typer.Option("--executor", help="local (ray: not yet available).")] = "local",
+         executor: Annotated[str, typer.Option("--executor", help="local or ray (one Ray task per cell).")] = "local",
+         address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address, e.g. auto.")] = None,
          out: OutOpt = "results/runs/default",
          force: Annotated[bool, typer.Option("--force")] = False,
          allow_pickle: PickleOpt = False, trust_remote_code: RemoteOpt = False) -> None:
@@ -101,8 +102,10 @@ def grid(preset: Annotated[Optional[str], typer.Option("--preset", help="Grid pr
     from robustbench_mm.errors import ConfigError
     from robustbench_mm.runner.grid import GridSpec
 
-    if executor != "local":
-        raise ConfigError(f"--executor {executor!r} is not available; use --executor local")
+    if executor not in ("local", "ray"):
+        raise ConfigError(f"--executor {executor!r}: choose local or ray")
+    if address and executor != "ray":
+        raise ConfigError("--address only applies to --executor ray")
     if not preset and not models:
         raise ConfigError("grid needs --preset NAME or --models a,b (see `mmrobust grid --help`)")
     split = lambda s: tuple(x.strip() for x in s.split(",") if x.strip())  # noqa: E731
@@ -114,7 +117,7 @@ def grid(preset: Annotated[Optional[str], typer.Option("--preset", help="Grid pr
     typer.echo(f"grid: {len(cells)} cells -> {out}", err=True)
     with _progress(len(cells), "cells") as bar:
         job = bar.add_task("cells", total=len(cells))
-        summaries = api.run_grid(cells, out=out, force=force,
+        summaries = api.run_grid(cells, out=out, force=force, executor=executor, address=address,
                                  on_cell=lambda c, s: (bar.advance(job, 1), _cell_line(c, s)))
     failed = sum(s.status == "failed" for s in summaries)
     typer.echo(f"done: {len(summaries) - failed} ok/skipped, {failed} failed; store {out}")
@@ -184,6 +187,26 @@ def show(out: Annotated[str, typer.Argument(help="Result store directory.")] = "
 
 
 @app.command()
+def train(defense: DefenseOpt, model: Model,
+          out: Annotated[Optional[str], typer.Option("--out", help="Weights directory (default: the cache, "
+                                                     "~/.cache/mmrobust/defenses/<recipe hash>).")] = None,
+          resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from a checkpoint.")] = True,
+          force: Annotated[bool, typer.Option("--force", help="Retrain even if finished weights exist.")] = False,
+          device: DeviceOpt = None) -> None:
+    """Train a defense's weights for a model (mmcoa, tecoa, topk-rs, crmt, ...); seeded and resumable."""
+    from robustbench_mm import api
+
+    logging.getLogger("robustbench_mm").setLevel(logging.INFO)
+    record = api.train_defense(defense, model, out=out, resume=resume, force=force, device=device)
+    verb = "reused" if record.get("reused") else "trained"
+    metrics = record.get("metrics", {})
+    shown = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float) and k.endswith("accuracy"))
+    typer.echo(f"{defense} on {model}: {verb} -> {record.get('path', '')}")
+    if shown:
+        typer.echo(shown)
+
+
+@app.command()
 def validate() -> None:
     """Build every preset (attacks, defenses, tasks, grids); exits 2 on the first invalid one."""
     from robustbench_mm import api
@@ -219,10 +242,82 @@ def store_repair(out: Annotated[str, typer.Argument()]) -> None:
     typer.echo(f"repaired {out}: quarantined {len(moved)} cells {moved}")
 
 
+@app.command()
+def leaderboard(run_dirs: Annotated[list[str], typer.Argument(help="Result stores to merge.")],
+                out: Annotated[str, typer.Option("--out", help="Folder for leaderboard files.")] = "results",
+                baseline: Annotated[Optional[str], typer.Option(
+                    "--baseline", help="Previous leaderboard.parquet: print what changed; exit 1 on a "
+                                       "regression beyond its 95% interval.")] = None) -> None:
+    """Merge stores into OUT/leaderboard.parquet, leaderboard.md, index.html and plots/."""
+    from robustbench_mm import api
+
+    files, comparison = api.leaderboard(list(run_dirs), out=out, baseline=baseline)
+    typer.echo(f"leaderboard: {', '.join(str(files[k]) for k in ('leaderboard.parquet', 'leaderboard.md', 'index.html'))}"
+               f" (+{sum(k.startswith('plots/') for k in files)} plots)")
+    if comparison is None:
+        if baseline:
+            typer.echo(f"no snapshot at {baseline}; nothing to compare")
+        return
+    typer.echo(f"since the snapshot: {comparison.summary()}")
+    for _, c in comparison.changes.iterrows():
+        if c["change"] not in ("same",):
+            typer.echo(f"  {c['change']:15s} {c['task']}/{c['model']}/{c['defense']}/{c['attack']} "
+                       f"eps={c['eps']:.4g}: {c['note']}")
+    if comparison.regressions:
+        typer.echo(f"error: {len(comparison.regressions)} regression(s) beyond the snapshot's 95% interval: "
+                   + "; ".join(comparison.regressions), err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def reproduce(spec: Annotated[Optional[str], typer.Argument(help="Paper spec name (tasks/papers/) or YAML path.")] = None,
+              list_specs: Annotated[bool, typer.Option("--list", help="List the paper specs.")] = False,
+              zoo: Annotated[bool, typer.Option("--zoo", help="Same protocol on the bundled tiny models.")] = False,
+              n: NOpt = None, device: DeviceOpt = None,
+              out: Annotated[str, typer.Option("--out", help="Results folder (writes papers/<spec>.md).")] = "results"
+              ) -> None:
+    """Reproduce a paper table: run its cells and print ours vs the published values."""
+    from robustbench_mm import api
+    from robustbench_mm.errors import ConfigError
+
+    if list_specs or not spec:
+        if spec:
+            raise ConfigError("give either --list or SPEC, not both")
+        for d in api.reproduce_list():
+            missing = f"; weights missing: {', '.join(d['missing_weights'])}" if d["missing_weights"] else ""
+            typer.echo(f"{d['name']:22s} {d['defense']:10s} {d['cells']:2d} cells, {d['references']:2d} references "
+                       f"({d['tags']}) - {d['title']}{missing}")
+        return
+    result = api.reproduce(spec, zoo=zoo, out=out, n=n, device=device,
+                           progress=lambda c, s: _cell_line(c, s))
+    typer.echo(result.markdown)
+    typer.echo(f"-> {result.md_path}, {result.parquet_path}")
+
+
+def _click_classes() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(exit, abort, usage-error) exception classes of typer's click (vendored or not)."""
+    exits: list[type] = [typer.Exit]
+    aborts: list[type] = [typer.Abort]
+    usage: list[type] = []
+    try:
+        from typer._click import exceptions as vendored  # typer >= 0.20 vendors click
+
+        usage.append(vendored.UsageError)
+    except ImportError:
+        pass
+    try:
+        import click
+
+        exits.append(click.exceptions.Exit)
+        aborts.append(click.exceptions.Abort)
+        usage.append(click.UsageError)
+    except ImportError:
+        pass
+    return tuple(exits), tuple(aborts), tuple(usage)
+
+
 def main() -> None:
     """Console entry point: user mistakes print one line and exit 2; ``--debug`` shows tracebacks."""
-    import click
-
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import warnings
@@ -230,15 +325,17 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     debug = "--debug" in sys.argv
+    exits, aborts, usage = _click_classes()
     try:
         app(standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except exits as exc:
+        sys.exit(getattr(exc, "exit_code", 0))
+    except aborts:
         sys.exit(130)
-    except click.UsageError as exc:
-        typer.echo(f"error: {exc.format_message()} (see `mmrobust {exc.ctx.command.name if exc.ctx else ''} --help`)",
-                   err=True)
+    except usage as exc:
+        ctx = getattr(exc, "ctx", None)
+        where = f"mmrobust {ctx.command.name} --help" if ctx is not None and ctx.command else "mmrobust --help"
+        typer.echo(f"error: {exc.format_message()} (see `{where}`)", err=True)
         sys.exit(2)
     except Exception as exc:  # noqa: BLE001
         from robustbench_mm.errors import MMRobustError

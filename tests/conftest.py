@@ -25,12 +25,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def make_word_tokenizer(words: list[str]):  # type: ignore[no-untyped-def]
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<bos>", "<eos>", *words])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    # CLIP pools the text at the EOS token, so every sequence must end with it
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A <eos>", special_tokens=[("<bos>", 2),
+                                                                                               ("<eos>", 3)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
                                    bos_token="<bos>", eos_token="<eos>")
 
@@ -50,9 +53,34 @@ def random_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         projection_dim=32,
     )
     path = tmp_path_factory.mktemp("random_clip")
-    CLIPModel(cfg).save_pretrained(path, safe_serialization=True)
-    make_word_tokenizer(WORDS).save_pretrained(path)
+    model = CLIPModel(cfg)
+    tokenizer = make_word_tokenizer(WORDS)
+    _fit_colours(model, tokenizer)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
     return path
+
+
+def _fit_colours(model, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """A few seconds of zero-shot fitting on colour images, so clean accuracy is high and attacks
+    have something to break (a random model gets ~1/3 right and leaves attacks nothing to do)."""
+    from robustbench_mm.models.base import normalize_pixels
+    from robustbench_mm.models.clip import OPENAI_MEAN, OPENAI_STD
+
+    gen = torch.Generator().manual_seed(1)
+    prompts = tokenizer([f"a photo of the {c}" for c in ("red", "green", "blue")], return_tensors="pt",
+                        padding=True)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(40):
+        labels = torch.randint(0, 3, (24,), generator=gen)
+        x = torch.rand(24, 3, 32, 32, generator=gen) * 0.25
+        x[torch.arange(24), labels] += 0.6
+        out = model(input_ids=prompts["input_ids"], attention_mask=prompts["attention_mask"],
+                    pixel_values=normalize_pixels(x, OPENAI_MEAN, OPENAI_STD))
+        loss = torch.nn.functional.cross_entropy(out.logits_per_image, labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
 
 
 @pytest.fixture(scope="session")
@@ -64,8 +92,8 @@ def shapes_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     images, labels = [], []
     for i in range(48):
         c = i % 3
-        img = (rng.rand(32, 32, 3) * 60).astype(np.uint8)
-        img[..., c] += 150
+        img = (rng.rand(32, 32, 3) * 64).astype(np.uint8)
+        img[..., c] += 153
         images.append(img)
         labels.append(c)
     features = datasets.Features({"image": datasets.Image(),
