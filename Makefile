@@ -3,7 +3,7 @@ PIP := .venv/bin/pip
 # torch/torchvision: the versions this machine offers from local disk (see README).
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup test test-gpu run validate
+.PHONY: setup test test-gpu run validate leaderboard nightly reproduce
 
 setup:
 	test -x $(PY) || python3 -m venv .venv
@@ -19,3 +19,17 @@ test-gpu:
 
 run:
 	.venv/bin/mmrobust run --model clip-tiny --attack pgd --defense none --n 256
+
+# every store under results/runs/ (override: make leaderboard RUNS="dir1 dir2")
+RUNS ?= $(patsubst %/mmrobust_store.json,%,$(wildcard results/runs/*/mmrobust_store.json))
+
+leaderboard:
+	.venv/bin/mmrobust leaderboard $(RUNS) --out results
+
+# NIGHTLY_GRID=smoke make nightly: the CPU smoke grid end to end (see scripts/nightly.sh)
+nightly:
+	scripts/nightly.sh
+
+# make reproduce (lists the specs) | make reproduce SPEC=mmcoa-table1 [ZOO=1]
+reproduce:
+	.venv/bin/mmrobust reproduce $(if $(SPEC),$(SPEC) $(if $(ZOO),--zoo),--list)

@@ -42,10 +42,17 @@ def plan_grid(grid: GridSpec | None, preset: str | None, template: CellSpec) -> 
 
 
 def run_grid(cells: list[ResolvedCell], *, out: str | Path = DEFAULT_OUT, force: bool = False,
-             on_cell: Callable[..., None] | None = None, progress: Callable[[int], None] | None = None
-             ) -> list[CellSummary]:
+             on_cell: Callable[..., None] | None = None, progress: Callable[[int], None] | None = None,
+             executor: str = "local", address: str | None = None) -> list[CellSummary]:
+    """Run cells through the ``local`` or ``ray`` executor; only this process writes the store."""
+    if executor == "local" and address is None:
+        with ResultStore(out) as store:
+            return _run_grid(cells, store, force=force, on_cell=on_cell, progress=progress)
+    from robustbench_mm.runner.executors import make_executor
+
+    runner = make_executor(executor, address)
     with ResultStore(out) as store:
-        return _run_grid(cells, store, force=force, on_cell=on_cell, progress=progress)
+        return runner.run(cells, store, force=force, on_cell=on_cell, progress=progress)
 
 
 def list_names(kind: str) -> list[dict[str, Any]]:
@@ -123,3 +130,70 @@ def validate() -> list[tuple[str, str, str]]:
         load_grid(name)
         results.append(("grid", name, "ok"))
     return results
+
+
+def train_defense(defense: str, model: str, *, out: str | Path | None = None, resume: bool = True,
+                  force: bool = False, device: str | None = None) -> dict[str, Any]:
+    """Train a defense's weights for a model (``mmrobust train``). Dispatches to the defense's own
+    ``train(model, out=, resume=, force=)``; defenses without one have nothing to train."""
+    from robustbench_mm.defenses.base import DEFENSES
+    from robustbench_mm.errors import CapabilityError, ConfigError
+    from robustbench_mm.models.zoo import LoadOptions, entry_for, load_model, resolve_model_name
+    from robustbench_mm.presets import load_preset
+    from robustbench_mm.runner.cell import pick_device
+    from robustbench_mm.runner.resolve import _build, _register_all
+
+    _register_all()
+    preset = load_preset("defense", defense, DEFENSES)
+    obj = _build(DEFENSES.get(preset.impl), preset)
+    if not callable(getattr(obj, "train", None)):
+        raise ConfigError(f"defense {preset.name!r} has no training step (it acts at inference); nothing to train")
+    entry = entry_for(resolve_model_name(model))
+    if entry.family not in obj.families:
+        raise CapabilityError(f"defense {preset.name!r} does not apply to {entry.family} models such as "
+                              f"{entry.name!r}; it supports {', '.join(sorted(obj.families))}")
+    loaded = load_model(model, LoadOptions(device=pick_device(device).type, dtype="fp32"))
+    return obj.train(loaded, out=Path(out) if out else None, resume=resume, force=force)  # type: ignore[no-any-return]
+
+
+def leaderboard(run_dirs: list[str | Path], *, out: str | Path = "results",
+                baseline: str | Path | None = None) -> tuple[dict[str, Path], Any]:
+    """Merge stores into ``out``/leaderboard.{parquet,md}, index.html and plots/.
+
+    With ``baseline`` (a previous ``leaderboard.parquet``, read before anything is overwritten)
+    also returns the ``Comparison`` with it; otherwise ``None``.
+    """
+    from robustbench_mm.report import leaderboard as lbmod
+    from robustbench_mm.report import page
+
+    before = None
+    if baseline is not None and Path(baseline).exists():
+        before = pd.read_parquet(baseline)
+    board = lbmod.build(run_dirs)
+    files = page.write(board, out)
+    return files, (lbmod.compare(before, board.cells) if before is not None else None)
+
+
+def reproduce_list() -> list[dict[str, Any]]:
+    """Every paper spec in tasks/papers/ with its cells, references and missing weights."""
+    from robustbench_mm.report import paper
+
+    return [paper.describe(s) for s in paper.load_all()]
+
+
+def reproduce(spec: str, *, zoo: bool = False, out: str | Path = "results", n: int | None = None,
+              device: str | None = None, progress: Callable[..., None] | None = None) -> Any:
+    """Run a paper spec's cells (real models, or the bundled zoo with ``zoo``) and write the
+    side-by-side table to ``out``/papers/<spec>.{md,parquet}."""
+    from robustbench_mm.report import paper
+
+    return paper.reproduce(paper.load(spec), zoo=zoo, out=Path(out), n=n, device=device, on_cell=progress)
+
+
+def sanity(model: str, defense: str = "none", *, n: int = 64, task: str | None = None, eps: float | None = None,
+           steps: int = 20, seed: int = 0, device: str | None = None) -> list[Any]:
+    """Gradient-masking sanity checks of ``model`` under ``defense`` (robustbench_mm.checks.run_sanity)."""
+    from robustbench_mm.checks import run_sanity
+
+    return run_sanity(model, defense, n, task=task, eps=eps if eps is not None else 8 / 255, steps=steps, seed=seed,
+                      device=device)

@@ -207,6 +207,29 @@ def train(defense: DefenseOpt, model: Model,
 
 
 @app.command()
+def sanity(model: Model, defense: DefenseOpt = "none", task: TaskOpt = None, n: NOpt = 64, eps: EpsOpt = None,
+           steps: Annotated[int, typer.Option("--steps", help="APGD steps of the base attack.")] = 20,
+           seed: SeedOpt = 0, device: DeviceOpt = None,
+           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Gradient-masking sanity checks (docs/checks.md); exits 1 if any fails."""
+    from robustbench_mm import api
+
+    results = api.sanity(model, defense, n=n or 64, task=task, eps=_eps(eps), steps=steps, seed=seed, device=device)
+    if as_json:
+        typer.echo(json.dumps([r.as_dict() for r in results], indent=2, default=str))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("check", "result", "value", "expected", "detail", title=f"sanity: {model} / {defense}")
+        for r in results:
+            table.add_row(r.name, "pass" if r.passed else "FAIL", f"{r.value:.3f}", r.expected, r.detail or r.doc)
+        Console(width=160).print(table)
+    if not all(r.passed for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
 def validate() -> None:
     """Build every preset (attacks, defenses, tasks, grids); exits 2 on the first invalid one."""
     from robustbench_mm import api
@@ -252,7 +275,8 @@ def leaderboard(run_dirs: Annotated[list[str], typer.Argument(help="Result store
     from robustbench_mm import api
 
     files, comparison = api.leaderboard(list(run_dirs), out=out, baseline=baseline)
-    typer.echo(f"leaderboard: {', '.join(str(files[k]) for k in ('leaderboard.parquet', 'leaderboard.md', 'index.html'))}"
+    main_files = ", ".join(str(files[k]) for k in ("leaderboard.parquet", "leaderboard.md", "index.html"))
+    typer.echo(f"leaderboard: {main_files}"
                f" (+{sum(k.startswith('plots/') for k in files)} plots)")
     if comparison is None:
         if baseline:
@@ -270,7 +294,7 @@ def leaderboard(run_dirs: Annotated[list[str], typer.Argument(help="Result store
 
 
 @app.command()
-def reproduce(spec: Annotated[Optional[str], typer.Argument(help="Paper spec name (tasks/papers/) or YAML path.")] = None,
+def reproduce(spec: Annotated[Optional[str], typer.Argument(help="Paper spec (tasks/papers/) or YAML path.")] = None,
               list_specs: Annotated[bool, typer.Option("--list", help="List the paper specs.")] = False,
               zoo: Annotated[bool, typer.Option("--zoo", help="Same protocol on the bundled tiny models.")] = False,
               n: NOpt = None, device: DeviceOpt = None,
@@ -327,7 +351,10 @@ def main() -> None:
     debug = "--debug" in sys.argv
     exits, aborts, usage = _click_classes()
     try:
-        app(standalone_mode=False)
+        # without standalone mode click *returns* the code of a ``typer.Exit(n)`` instead of raising
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except exits as exc:
         sys.exit(getattr(exc, "exit_code", 0))
     except aborts:

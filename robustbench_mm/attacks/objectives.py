@@ -44,21 +44,81 @@ CLASSIFICATION_LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 }
 
 
+def dlr_targeted_loss(logits: Tensor, labels: Tensor, targets: Tensor) -> Tensor:
+    """Targeted DLR of AutoAttack's APGD-T: ``-(z_y - z_t) / (z_(1) - (z_(3) + z_(4)) / 2)``, per example.
+
+    Positive once the target logit exceeds the true one; scale invariant; needs >= 4 classes.
+    """
+    z = logits.float()
+    s, _ = z.sort(dim=1)
+    z_y = z.gather(1, labels[:, None]).squeeze(1)
+    z_t = z.gather(1, targets[:, None]).squeeze(1)
+    return -(z_y - z_t) / (s[:, -1] - 0.5 * (s[:, -3] + s[:, -4]) + 1e-12)
+
+
+class LogitsObjectiveMixin:
+    """Shared loss / success logic for objectives defined on class logits.
+
+    Subclasses provide ``logits(model, pixels) -> [B,C]`` and the fields ``loss`` and ``targeted``.
+    Untargeted success: ``argmax != label``; targeted success: ``argmax == batch.targets``.
+    """
+
+    loss: str
+    targeted: bool
+
+    def logits(self, model: Any, pixels: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _from_logits(self, logits: Tensor, batch: Batch) -> Tensor:
+        labels = batch.labels.to(logits.device)
+        if self.targeted:
+            if not isinstance(batch.targets, Tensor):
+                raise ValueError("targeted objective needs class-id targets in batch.targets")
+            targets = batch.targets.to(logits.device)
+            if self.loss == "dlr":
+                return dlr_targeted_loss(logits, labels, targets)
+            return -CLASSIFICATION_LOSSES[self.loss](logits, targets)
+        return CLASSIFICATION_LOSSES[self.loss](logits, labels)
+
+    def _success_from_logits(self, logits: Tensor, batch: Batch) -> Tensor:
+        pred = logits.argmax(dim=1)
+        if self.targeted:
+            assert isinstance(batch.targets, Tensor)
+            return pred == batch.targets.to(pred.device)
+        return pred != batch.labels.to(pred.device)
+
+    def loss_and_success(self, model: Any, pixels: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Per-example objective ``[B]`` and success ``bool[B]`` from one forward pass."""
+        logits = self.logits(model, pixels)
+        return self._from_logits(logits, batch), self._success_from_logits(logits.detach(), batch)
+
+    def success(self, model: Any, pixels: Tensor, batch: Batch) -> Tensor:
+        """Bool ``[B]``: the attack has reached its goal at ``pixels``."""
+        with torch.no_grad():
+            return self._success_from_logits(self.logits(model, pixels), batch)
+
+    def with_loss(self, loss: str, *, targeted: bool | None = None) -> Any:
+        """The same objective with another loss (``ce``/``dlr``/``margin``) or targetedness."""
+        from dataclasses import replace
+
+        return replace(self, loss=loss, targeted=self.targeted if targeted is None else targeted)  # type: ignore
+
+
 @dataclass
-class ClassifierObjective:
-    """Untargeted loss on zero-shot logits; targeted variants minimise the loss towards ``batch.targets``."""
+class ClassifierObjective(LogitsObjectiveMixin):
+    """Untargeted loss on zero-shot logits; targeted variants move towards ``batch.targets``
+    (``-CE`` to the target, or AutoAttack's targeted DLR for ``loss="dlr"``)."""
 
     class_prompts: Sequence[str] | Sequence[Sequence[str]]
     loss: str = "ce"
     targeted: bool = False
 
+    def logits(self, model: Any, pixels: Tensor) -> Tensor:
+        """Zero-shot logits ``[B,C]`` of ``pixels`` against the class prompts."""
+        return model.classify(pixels, self.class_prompts)  # type: ignore[no-any-return]
+
     def __call__(self, model: Any, pixels: Tensor, batch: Batch) -> Tensor:
-        logits = model.classify(pixels, self.class_prompts)
-        fn = CLASSIFICATION_LOSSES[self.loss]
-        if self.targeted:
-            assert isinstance(batch.targets, Tensor), "targeted objective needs class-id targets"
-            return -fn(logits, batch.targets.to(logits.device))
-        return fn(logits, batch.labels.to(logits.device))
+        return self._from_logits(self.logits(model, pixels), batch)
 
 
 @dataclass
@@ -88,3 +148,22 @@ class LMObjective:
             assert isinstance(batch.targets, list), "targeted LM objective needs target strings"
             return -model.lm_loss(pixels, batch.prompts, batch.targets)
         return model.lm_loss(pixels, batch.prompts, batch.answers)
+
+
+@dataclass
+class ModuleObjective(LogitsObjectiveMixin):
+    """Loss on ``model(pixels)`` logits of a plain classifier ``nn.Module`` (the torchattacks-style call)."""
+
+    loss: str = "ce"
+    targeted: bool = False
+
+    def logits(self, model: Any, pixels: Tensor) -> Tensor:
+        return model(pixels)  # type: ignore[no-any-return]
+
+    def __call__(self, model: Any, pixels: Tensor, batch: Batch) -> Tensor:
+        return self._from_logits(self.logits(model, pixels), batch)
+
+
+def has_logits(objective: Any) -> bool:
+    """Whether ``objective`` is a classification objective (exposes logits, success, with_loss)."""
+    return callable(getattr(objective, "logits", None)) and callable(getattr(objective, "with_loss", None))

@@ -51,6 +51,22 @@ class ModelEntry:
             return Path(src).exists()
         return _in_hf_cache(src)
 
+    def fingerprint(self) -> str:
+        """Cheap identity of local weights (file names, sizes, first MiB), so a retrained model
+        gets new cell ids; hub ids are identified by name (their revision is recorded per row)."""
+        path = Path(self.resolved_source())
+        if not path.is_dir():
+            return ""
+        import hashlib
+
+        h = hashlib.sha256()
+        for f in sorted(path.iterdir()):
+            if f.suffix in (".safetensors", ".bin", ".pt", ".pth") and f.is_file():
+                h.update(f"{f.name}:{f.stat().st_size}".encode())
+                with open(f, "rb") as fh:
+                    h.update(fh.read(1 << 20))
+        return h.hexdigest()[:12]
+
     def load_fn(self) -> Callable[..., Any]:
         module, fn = self.loader.split(":")
         return getattr(importlib.import_module(module), fn)  # type: ignore[no-any-return]

@@ -67,7 +67,7 @@ class ResolvedCell:
 def cell_config(entry: ModelEntry, attack: Preset, defense: Preset, task: Preset, spec: CellSpec) -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
-        "model": {"name": entry.name, "source": entry.source},
+        "model": {"name": entry.name, "source": entry.source, "weights": entry.fingerprint()},
         "attack": attack.config(),
         "defense": defense.config(),
         "task": task.config(),

@@ -1,3 +1,4 @@
 """Import every task module so its implementations register themselves."""
 
 from robustbench_mm.tasks import generative, zero_shot  # noqa: F401
+from robustbench_mm.tasks import crmt_task  # noqa: F401  (bundled multimodal CRMT task, issue 7)

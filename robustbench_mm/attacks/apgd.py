@@ -1,0 +1,334 @@
+"""Auto-PGD (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an ensemble of
+diverse parameter-free attacks", arXiv:2003.01690), linf and l2, over any Objective.
+
+Mechanics (methods.md 1.2): initial step ``2 eps``; checkpoints after ``0.22 N`` steps, then
+periods shrinking by ``0.03 N`` down to ``0.06 N``; at a checkpoint the step of a sample is halved
+(and the sample restarts from its best point) if at most ``rho`` of the steps since the last
+checkpoint increased the objective, or if its step was not halved last time and its best objective
+did not improve; momentum 0.75 after the first step; per-sample best point; restarts attack only
+the samples not yet broken (when the objective can tell success) and keep the per-sample worst.
+
+Success-aware: objectives with ``loss_and_success`` (classification) report success from the same
+forward pass; any successful iterate is kept (as AutoAttack does), since the best-loss point of
+the cross-entropy need not be misclassified. Objectives without it (LM, features) keep the
+per-sample best objective.
+
+APGD-T (``apgd-t``) runs APGD with AutoAttack's targeted DLR loss towards each of the top-k
+non-true classes of the clean logits in turn, on the samples still standing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+import torch
+from torch import Tensor
+
+from robustbench_mm.attacks.base import ATTACKS, Attack, check_threat, project
+from robustbench_mm.attacks.guard import check_valid
+from robustbench_mm.attacks.objectives import ModuleObjective, has_logits
+from robustbench_mm.attacks.pgd import autocast_context
+from robustbench_mm.errors import CapabilityError, ConfigError
+from robustbench_mm.types import AttackResult, Batch, Norm, Objective
+
+LossName = Literal["ce", "dlr", "margin"]
+
+
+class Evaluation(NamedTuple):
+    """Objective ``[B]`` (mean over EOT draws), its input gradient, success ``bool[B]`` or None."""
+
+    loss: Tensor
+    grad: Tensor
+    success: Tensor | None
+
+
+def evaluate(model: Any, x: Tensor, batch: Batch, objective: Objective, eot: int, search_dtype: str) -> Evaluation:
+    """One forward+backward per EOT draw; success must hold in every draw to count."""
+    x = x.detach().requires_grad_(True)
+    fn = getattr(objective, "loss_and_success", None)
+    total = torch.zeros(len(x), device=x.device)
+    success: Tensor | None = None
+    for _ in range(eot):
+        with autocast_context(x.device, search_dtype):
+            if fn is not None:
+                loss, s = fn(model, x, batch)
+                success = s if success is None else success & s
+            else:
+                loss = objective(model, x, batch)
+        total = total + loss.float()
+    grad = torch.autograd.grad(total.sum(), x)[0] / eot
+    return Evaluation((total / eot).detach(), grad.detach(), success)
+
+
+def boundary_start(x: Tensor, norm: Norm, eps: float, generator: torch.Generator,
+                   seeds: Tensor | None = None) -> Tensor:
+    """AutoAttack's start: a random direction scaled onto the eps-sphere (linf: max coordinate = eps).
+
+    Drawn on CPU so a seed gives the same start on every device; with per-example ``seeds``
+    (set by the runner) an example's start does not depend on the batch it is in. The caller's
+    generator advances by one draw per call either way, so restarts get fresh starts.
+    """
+    draw = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    if seeds is None:
+        t = _unit(x.shape, norm, generator)
+    else:
+        t = torch.cat([_unit((1, *x.shape[1:]), norm, torch.Generator().manual_seed(int(s) + 7919 * draw))
+                       for s in seeds.tolist()])
+    return (x + eps * t.to(device=x.device, dtype=x.dtype)).clamp(0.0, 1.0)
+
+
+def _unit(shape: Any, norm: Norm, generator: torch.Generator) -> Tensor:
+    t = torch.rand(shape, generator=generator) * 2 - 1 if norm == "linf" else torch.randn(shape, generator=generator)
+    n = t.flatten(1).abs().amax(dim=1) if norm == "linf" else t.flatten(1).norm(dim=1)
+    return t / n.clamp_min(1e-12).view(-1, *([1] * (len(shape) - 1)))
+
+
+def _direction(grad: Tensor, norm: Norm) -> Tensor:
+    if norm == "linf":
+        return grad.sign()
+    n = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
+    return grad / n
+
+
+def _rows(mask: Tensor, like: Tensor) -> Tensor:
+    return mask.view(-1, *([1] * (like.dim() - 1)))
+
+
+def checkpoint_periods(steps: int) -> tuple[int, int, int]:
+    """(first period, decrement, minimum period) = (0.22 N, 0.03 N, 0.06 N), each at least 1."""
+    return max(int(0.22 * steps), 1), max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
+
+
+class RunResult(NamedTuple):
+    pixels: Tensor  # successful iterate where one exists, else the best-objective point
+    loss: Tensor  # objective at ``pixels``
+    success: Tensor | None
+
+
+class LogitsCall:
+    """The torchattacks-style ``attack(model, x, y)`` for attacks whose loss is a constructor
+    parameter: the loss runs on ``model(x)`` logits (``ModuleObjective``)."""
+
+    loss: str | None = None
+
+    def __call__(self, model: Any, x: Tensor, y: Tensor) -> Tensor:
+        attack: Any = self
+        objective = ModuleObjective(loss=self.loss or "ce")
+        batch = Batch(pixels=x.detach(), labels=y.to(x.device), index=torch.arange(len(x)))
+        gen = torch.Generator().manual_seed(attack.seed)
+        result = attack.perturb(model, batch, attack.prepare(model, batch, objective), generator=gen)
+        check_valid(x, result.pixels, attack.norm, attack.eps)
+        return result.pixels  # type: ignore[no-any-return]
+
+
+@ATTACKS.register("apgd")
+class APGD(LogitsCall, Attack):
+    """Auto-PGD with checkpoints, step halving, momentum, best-point tracking and restarts.
+
+    Args:
+        norm: ``linf`` or ``l2``.
+        eps: budget in [0,1] pixel units.
+        steps: iterations per restart (N).
+        restarts: random restarts; later ones attack only samples still standing.
+        loss: classification loss passed to ``task.objective`` (``ce``, ``dlr``, ``margin``);
+            None keeps the task's default (e.g. the LM loss of generative tasks).
+        rho: checkpoint threshold on the fraction of improving steps (0.75 in the paper).
+        momentum: weight of the new step (0.75 in the paper; 1 - momentum on the previous step).
+        eot: gradient samples per step (EOT for randomized defenses).
+        search_dtype: ``fp32`` or ``bf16`` autocast for the search (verdict stays fp32).
+        seed: generator seed when called as ``attack(model, x, y)``.
+    """
+
+    def __init__(
+        self,
+        *,
+        norm: Literal["linf", "l2"] = "linf",
+        eps: float = 8 / 255,
+        steps: int = 100,
+        restarts: int = 1,
+        loss: LossName | None = "ce",
+        rho: float = 0.75,
+        momentum: float = 0.75,
+        eot: int = 1,
+        search_dtype: Literal["fp32", "bf16"] = "fp32",
+        seed: int = 0,
+    ) -> None:
+        check_threat(norm, eps, steps)
+        if restarts <= 0 or eot <= 0:
+            raise ConfigError(f"restarts={restarts} and eot={eot} must be positive integers")
+        if not 0 < rho <= 1 or not 0 < momentum <= 1:
+            raise ConfigError(f"rho={rho} and momentum={momentum} must lie in (0, 1]")
+        self.norm, self.eps, self.steps, self.restarts = norm, eps, steps, restarts
+        self.loss, self.rho, self.momentum, self.eot = loss, rho, momentum, eot
+        self.search_dtype, self.seed = search_dtype, seed
+        self.uses_eot = eot > 1
+
+    # ---- one restart ------------------------------------------------------------------------
+    def run_once(self, model: Any, batch: Batch, objective: Objective, x_init: Tensor) -> RunResult:
+        """APGD from ``x_init`` on ``batch``; no host synchronisation inside the loop."""
+        assert self.norm is not None and self.eps is not None
+        x, norm, eps = batch.pixels.detach(), self.norm, self.eps
+        ev = evaluate(model, x_init, batch, objective, self.eot, self.search_dtype)
+        x_adv, x_prev, grad = x_init.detach(), x_init.detach(), ev.grad
+        x_best, loss_best, grad_best = x_adv.clone(), ev.loss.clone(), grad.clone()
+        succ = ev.success.clone() if ev.success is not None else None
+        x_succ, loss_succ = x_adv.clone(), ev.loss.clone()
+        step = torch.full((len(x),), 2 * eps, device=x.device, dtype=x.dtype)
+        loss_prev, n_improve = ev.loss, torch.zeros(len(x), device=x.device)
+        best_at_check, reduced_last = loss_best.clone(), torch.ones(len(x), dtype=torch.bool, device=x.device)
+        period, decr, min_period = checkpoint_periods(self.steps)
+        since = 0
+        for i in range(self.steps):
+            a = self.momentum if i > 0 else 1.0
+            z = project(x, x_adv + _rows(step, x) * _direction(grad, norm), norm, eps)
+            x_new = project(x, x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_prev), norm, eps)
+            x_prev, x_adv = x_adv, x_new
+            ev = evaluate(model, x_adv, batch, objective, self.eot, self.search_dtype)
+            grad = ev.grad
+            if succ is not None and ev.success is not None:
+                new = ev.success & ~succ
+                x_succ = torch.where(_rows(new, x), x_adv, x_succ)
+                loss_succ = torch.where(new, ev.loss, loss_succ)
+                succ = succ | ev.success
+            n_improve = n_improve + (ev.loss > loss_prev).float()
+            loss_prev = ev.loss
+            better = ev.loss > loss_best
+            x_best = torch.where(_rows(better, x), x_adv, x_best)
+            grad_best = torch.where(_rows(better, x), grad, grad_best)
+            loss_best = torch.where(better, ev.loss, loss_best)
+            since += 1
+            if since == period:
+                oscillating = n_improve <= period * self.rho
+                stalled = ~reduced_last & (best_at_check >= loss_best)
+                reduce = oscillating | stalled
+                reduced_last, best_at_check = reduce, loss_best.clone()
+                step = torch.where(reduce, step / 2, step)
+                x_adv = torch.where(_rows(reduce, x), x_best, x_adv)
+                grad = torch.where(_rows(reduce, x), grad_best, grad)
+                n_improve = torch.zeros_like(n_improve)
+                since, period = 0, max(period - decr, min_period)
+                if succ is not None and bool(succ.all()):  # one host sync per checkpoint
+                    break  # every sample has a successful iterate; more steps cannot change the result
+        if succ is None:
+            return RunResult(x_best, loss_best, None)
+        return RunResult(torch.where(_rows(succ, x), x_succ, x_best), torch.where(succ, loss_succ, loss_best), succ)
+
+    # ---- restarts ----------------------------------------------------------------------------
+    def perturb(self, model: Any, batch: Batch, objective: Objective, *, generator: torch.Generator) -> AttackResult:
+        result = self.attack_restarts(model, batch, objective, generator)
+        return AttackResult(result.pixels.detach(), result.loss, self.restarts * (self.steps + 1) * self.eot)
+
+    def attack_restarts(self, model: Any, batch: Batch, objective: Objective, generator: torch.Generator) -> RunResult:
+        """Per-sample worst case over restarts; with success info only standing samples are re-attacked."""
+        assert self.norm is not None and self.eps is not None
+        x = batch.pixels.detach()
+        out_x = x.clone()
+        out_loss = torch.full((len(x),), -math.inf, device=x.device)
+        out_succ: Tensor | None = None
+        for _ in range(self.restarts):
+            start = boundary_start(x, self.norm, self.eps, generator, batch.seeds)  # all rows: seed-stable
+            alive = None if out_succ is None else ~out_succ
+            if alive is not None and not bool(alive.any()):
+                break
+            sub = batch if alive is None else batch.select(alive)
+            res = self.run_once(model, sub, objective, start if alive is None else start[alive])
+            out_x, out_loss, out_succ = merge(out_x, out_loss, out_succ, res, alive)
+        return RunResult(out_x, out_loss, out_succ)
+
+
+def merge(out_x: Tensor, out_loss: Tensor, out_succ: Tensor | None, res: RunResult,
+          rows: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Fold a run on ``rows`` (bool mask; None = all) into the running per-sample worst case:
+    a success beats any non-success, else the higher objective wins."""
+    idx = torch.arange(len(out_x), device=out_x.device) if rows is None else rows.nonzero().flatten()
+    cur_loss = out_loss[idx]
+    take = res.loss > cur_loss
+    if res.success is not None:
+        cur_succ = out_succ[idx] if out_succ is not None else torch.zeros_like(res.success)
+        take = (res.success & ~cur_succ) | (take & ~cur_succ)
+    out_x, out_loss = out_x.clone(), out_loss.clone()
+    out_x[idx] = torch.where(_rows(take, res.pixels), res.pixels, out_x[idx])
+    out_loss[idx] = torch.where(take, res.loss, cur_loss)
+    if res.success is not None:
+        out_succ = torch.zeros(len(out_x), dtype=torch.bool, device=out_x.device) if out_succ is None else out_succ.clone()
+        out_succ[idx] = out_succ[idx] | res.success
+    return out_x, out_loss, out_succ
+
+
+@dataclass
+class TowardsTarget:
+    """APGD-T's vehicle: a targeted loss towards ``batch.targets``, but success is the base objective's
+    (untargeted misclassification), as in AutoAttack."""
+
+    base: Any
+    loss: str
+
+    def loss_and_success(self, model: Any, pixels: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
+        logits = self.base.logits(model, pixels)
+        towards = self.base.with_loss(self.loss, targeted=True)
+        return towards._from_logits(logits, batch), self.base._success_from_logits(logits.detach(), batch)
+
+    def __call__(self, model: Any, pixels: Tensor, batch: Batch) -> Tensor:
+        return self.loss_and_success(model, pixels, batch)[0]
+
+
+@ATTACKS.register("apgd-t")
+class APGDTargeted(APGD):
+    """Targeted APGD (AutoAttack's APGD-T): for each of the ``n_targets`` most likely non-true classes
+    of the clean logits, ``restarts`` APGD runs with the targeted loss (``dlr``: AutoAttack's targeted
+    DLR, needs >= 4 classes; ``ce``: cross-entropy to the target) on the samples still standing.
+    Success is untargeted misclassification. Args as ``APGD`` plus ``n_targets`` (9 in AutoAttack).
+    """
+
+    def __init__(
+        self,
+        *,
+        norm: Literal["linf", "l2"] = "linf",
+        eps: float = 8 / 255,
+        steps: int = 100,
+        restarts: int = 1,
+        n_targets: int = 9,
+        loss: LossName | None = "dlr",
+        rho: float = 0.75,
+        momentum: float = 0.75,
+        eot: int = 1,
+        search_dtype: Literal["fp32", "bf16"] = "fp32",
+        seed: int = 0,
+    ) -> None:
+        super().__init__(norm=norm, eps=eps, steps=steps, restarts=restarts, loss=loss, rho=rho,
+                         momentum=momentum, eot=eot, search_dtype=search_dtype, seed=seed)
+        if n_targets <= 0:
+            raise ConfigError(f"n_targets={n_targets} must be a positive integer")
+        self.n_targets = n_targets
+
+    def perturb(self, model: Any, batch: Batch, objective: Objective, *, generator: torch.Generator) -> AttackResult:
+        if not has_logits(objective):
+            raise CapabilityError("apgd-t needs a classification objective (class logits); "
+                                  "use apgd or pgd for generative or embedding tasks")
+        base: Any = objective
+        base = base.with_loss(base.loss, targeted=False) if getattr(base, "targeted", False) else base
+        x = batch.pixels.detach()
+        with torch.no_grad():
+            order = base.logits(model, x).float().argsort(dim=1, descending=True)
+        n_t = min(self.n_targets, order.shape[1] - 1)
+        out_x, out_succ = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        out_loss = torch.full((len(x),), -math.inf, device=x.device)
+        vehicle = TowardsTarget(base, self.loss or "dlr")
+        used = 0
+        for k in range(1, n_t + 1):
+            targets = order[:, k]  # k-th most likely class; the top one is the (clean-correct) label
+            alive = ~out_succ
+            if not bool(alive.any()):
+                break
+            sub = Batch(pixels=x, labels=batch.labels, index=batch.index, targets=targets,
+                        seeds=batch.seeds).select(alive)
+            res = self.attack_restarts(model, sub, vehicle, generator)
+            used += 1
+            with torch.no_grad():  # report the task objective, comparable across targets
+                res = RunResult(res.pixels, base(model, res.pixels, sub).float(), res.success)
+            out_x, out_loss, merged = merge(out_x, out_loss, out_succ, res, alive)
+            assert merged is not None
+            out_succ = merged
+        return AttackResult(out_x.detach(), out_loss, used * self.restarts * (self.steps + 1) * self.eot)

@@ -1,0 +1,89 @@
+"""Attack ensembles (AutoAttack-style): members run in order, each only on the samples still standing.
+
+Robustness is the per-sample worst case (design 'Trust'): a sample counts as robust only if it
+survives every member. With a classification objective, "standing" means the objective's
+``success`` test is false, checked in fp32 after each member; without a success test (LM or
+embedding objectives) every member attacks every sample and the highest task objective wins.
+``aa-white`` = APGD-CE then APGD-T (targeted DLR), the white-box half of AutoAttack standard.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from robustbench_mm.attacks.apgd import LogitsCall, RunResult, merge
+from robustbench_mm.attacks.base import ATTACKS, Attack, check_threat
+from robustbench_mm.attacks.objectives import has_logits
+from robustbench_mm.errors import ConfigError
+from robustbench_mm.types import AttackResult, Batch, Objective
+
+
+@ATTACKS.register("ensemble")
+class Ensemble(LogitsCall, Attack):
+    """Run attack presets in sequence; later members see only samples not yet broken.
+
+    Args:
+        attacks: member preset names, in order (e.g. ``[apgd-ce, apgd-t]``).
+        norm, eps: threat model, imposed on every member.
+        steps: iterations imposed on every member; None keeps each member's preset value.
+        seed: generator seed when called as ``attack(model, x, y)``.
+    """
+
+    def __init__(
+        self,
+        *,
+        attacks: tuple[str, ...] = ("apgd-ce", "apgd-t"),
+        norm: Literal["linf", "l2"] = "linf",
+        eps: float = 8 / 255,
+        steps: int | None = None,
+        search_dtype: Literal["fp32", "bf16"] | None = None,
+        seed: int = 0,
+    ) -> None:
+        from robustbench_mm.attacks import build
+
+        check_threat(norm, eps, steps)
+        if not attacks:
+            raise ConfigError("attacks must name at least one member preset")
+        self.norm, self.eps, self.seed = norm, eps, seed
+        extra = {"search_dtype": search_dtype} if search_dtype else {}
+        self.members: list[Attack] = [build(a, norm=norm, eps=eps, steps=steps, seed=seed, **extra) for a in attacks]
+        if any(isinstance(m, Ensemble) for m in self.members):
+            raise ConfigError("an ensemble member may not be an ensemble itself")
+        self.steps = max(int(getattr(m, "steps", 0)) for m in self.members)
+        self.restarts = sum(int(getattr(m, "restarts", 1)) for m in self.members)
+        self.search_dtype = search_dtype or "fp32"
+        self.loss = None  # members pick their own loss; the task default seeds them
+        self.uses_eot = any(m.uses_eot for m in self.members)
+
+    def member_objective(self, member: Attack, objective: Objective) -> Objective:
+        loss = getattr(member, "loss", None)
+        if loss and has_logits(objective):
+            return objective.with_loss(loss, targeted=False)  # type: ignore[attr-defined,no-any-return]
+        return objective
+
+    def perturb(self, model: Any, batch: Batch, objective: Objective, *, generator: torch.Generator) -> AttackResult:
+        x = batch.pixels.detach()
+        can_tell = callable(getattr(objective, "success", None))
+        out_x, out_loss = x.clone(), torch.full((len(x),), -math.inf, device=x.device)
+        out_succ: Tensor | None = torch.zeros(len(x), dtype=torch.bool, device=x.device) if can_tell else None
+        queries = 0
+        for member in self.members:
+            alive = None if out_succ is None else ~out_succ
+            if alive is not None and not bool(alive.any()):
+                break
+            sub = batch if alive is None else batch.select(alive)
+            obj = self.member_objective(member, objective)
+            res = member.perturb(model, sub, member.prepare(model, sub, obj), generator=generator)
+            queries += res.queries
+            with torch.no_grad():  # fp32 verdict and the task objective, comparable across members
+                loss = objective(model, res.pixels, sub).float()
+                succ = objective.success(model, res.pixels, sub) if can_tell else None  # type: ignore[attr-defined]
+            out_x, out_loss, out_succ = merge(out_x, out_loss, out_succ, RunResult(res.pixels, loss, succ), alive)
+        return AttackResult(out_x.detach(), out_loss, queries)
+
+    def describe(self) -> dict[str, Any]:
+        return {"norm": self.norm, "eps": float(self.eps or 0.0), "steps": self.steps}

@@ -1,0 +1,165 @@
+"""FS / FS-PSM on the bundled clip-tiny: interface, runner wiring, and the empirical checks of
+methods 2.9 (soundness against an adaptive EOT attack, certified <= empirical, PSM raises FCSB,
+PSM lowers ASR). Monte Carlo budgets are small; tolerances account for them explicitly."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from robustbench_mm.attacks.objectives import ClassifierObjective, FeatureCosineObjective
+from robustbench_mm.attacks.pgd import PGD
+from robustbench_mm.defenses.fs_psm.certify import certify_fs
+from robustbench_mm.defenses.fs_psm.defense import FeatureSmoothing, FeatureSmoothingPSM
+from robustbench_mm.defenses.fs_psm.smoothing import composite_encoder, smooth_features
+from robustbench_mm.tasks.bundled import FMNIST_CLASSES, fmnist_eval_arrays, to_model_pixels
+from robustbench_mm.types import Batch
+
+PROMPTS = [f"a photo of a {c}" for c in FMNIST_CLASSES]
+SIGMA = 0.25
+
+
+@pytest.fixture(scope="module")
+def clip():  # type: ignore[no-untyped-def]
+    from robustbench_mm.models.zoo import load_model
+
+    return load_model("clip-tiny")
+
+
+def _batch(n: int, offset: int = 0) -> Batch:
+    images, labels, _ = fmnist_eval_arrays()
+    idx = list(range(offset, offset + 200 * n, 200))[:n]  # one image per class block: all classes
+    return Batch(pixels=to_model_pixels(images[idx], 32), labels=torch.as_tensor(labels[idx]),
+                 index=torch.as_tensor(idx), extra={"class_prompts": tuple(PROMPTS)})
+
+
+def _psm_defense(**kw: object) -> FeatureSmoothingPSM:
+    d = FeatureSmoothingPSM(sigma=SIGMA, train_if_missing=False, **kw)  # type: ignore[arg-type]
+    d.name = "fs-psm"
+    return d
+
+
+def test_apply_smooths_without_touching_the_model(clip) -> None:  # type: ignore[no-untyped-def]
+    d = FeatureSmoothing(sigma=SIGMA, n_inf=8)
+    defended = d.apply(clip)
+    x = _batch(4).pixels
+    assert clip.feature_transform is None and defended.feature_transform is not None
+    with torch.no_grad():
+        a, b, raw = defended.vision_features(x), defended.vision_features(x), clip.vision_features(x)
+        logits = defended.classify(x, PROMPTS)
+    assert a.shape == raw.shape and logits.shape == (4, 10)
+    assert not torch.equal(a, b)  # fresh noise every call: attacks through it are EOT attacks
+    ratio = a.norm(dim=-1) / raw.norm(dim=-1)  # rescaled to the raw magnitude (2.6 step 3)
+    assert torch.all((ratio > 0.5) & (ratio < 2.0))
+
+
+def test_runner_attacks_fs_through_the_noise() -> None:
+    from robustbench_mm.runner.resolve import CellSpec, resolve
+
+    cell = resolve(CellSpec(model="clip-tiny", attack="pgd", defense="fs"))
+    assert cell.attack.eot == cell.defense.n_eot > 1 and cell.attack.name == f"pgd+eot{cell.defense.n_eot}"
+    assert cell.certify and cell.defense.randomized
+    plain = resolve(CellSpec(model="clip-tiny", attack="pgd", defense="none"))
+    assert plain.attack.eot == 1 and plain.attack.name == "pgd" and plain.cell_id != cell.cell_id
+
+
+def test_certify_rows_contract(clip) -> None:  # type: ignore[no-untyped-def]
+    d = FeatureSmoothing(sigma=SIGMA, n0=8, n=64, radii=(0.0, 0.1, 5.0))
+    d.name = "fs"
+    b = _batch(3)
+    frame = d.certify(d.apply(clip), b, (0.0, 0.1, 5.0))
+    assert {"index", "radius", "quantity", "value", "abstain", "mc_samples", "alpha"} <= set(frame.columns)
+    assert frame["quantity"].iloc[0] == "fcsb"  # the runner's per-sample bound
+    assert set(frame["quantity"]) == {"fcsb", "fcsb_tight", "certified_accuracy", "s_hat", "s_lo"}
+    f = frame[frame.quantity == "fcsb"].set_index(["index", "radius"])["value"]
+    s_lo = frame[frame.quantity == "s_lo"].set_index("index")["value"]
+    for i in b.index.tolist():
+        assert f[(i, 0.0)] == pytest.approx(s_lo[i]) or (s_lo[i] < 0 and pd.isna(f[(i, 0.0)]))
+        assert pd.isna(f[(i, 5.0)])  # far beyond any certificate: abstain, never a number
+    ab = frame[frame.abstain]
+    assert ab["value"].isna().all() and (frame[~frame.abstain]["value"].notna()).all()
+    tight0 = frame[(frame.quantity == "fcsb_tight") & (frame.radius == 0.0) & ~frame.abstain]["value"]
+    assert ((tight0 > 0) & (tight0 <= 1.0)).all()
+
+
+@pytest.mark.slow
+def test_soundness_adaptive_eot_attack_never_beats_fcsb(clip) -> None:  # type: ignore[no-untyped-def]
+    """EOT embedding PGD-l2 (fresh noise every step, restarts) against cos(u, f_hat(x+delta)); a fresh
+    large-MC estimate of that cosine stays above the FCSB at the radius, up to the MC tolerance."""
+    torch.manual_seed(0)
+    d = FeatureSmoothing(sigma=SIGMA, n_inf=16, n0=16, n=256, bound="bernstein")
+    b = _batch(8)
+    enc = composite_encoder(clip.raw_vision_features, SIGMA, None)
+    checked = 0
+    for radius in (0.1, 0.25):
+        cert = certify_fs(enc, b.pixels, sigma=SIGMA, n0=16, n=256, alpha=0.001, radii=(radius,), bound="bernstein",
+                          generator=torch.Generator().manual_seed(1))
+        defended = d.apply(clip)
+        attack = PGD(norm="l2", eps=radius, steps=12, restarts=2, eot=2, step_size=radius / 4)
+        res = attack.perturb(defended, b, FeatureCosineObjective(cert.u.float()),
+                             generator=torch.Generator().manual_seed(2))
+        assert float((res.pixels - b.pixels).flatten(1).norm(dim=1).max()) <= radius + 1e-5
+        with torch.no_grad():
+            sm, _ = smooth_features(enc, res.pixels, SIGMA, 512, torch.Generator().manual_seed(3), chunk=1024)
+        fcs = (sm.direction.double() * cert.u.double()).sum(-1)
+        tol = 3.0 * torch.sqrt((1 - sm.s_hat.double() ** 2).clamp_min(0) / 512) + 1e-3  # MC std of the estimate
+        for i in range(len(b)):
+            bound = float(cert.fcsb[i, 0])
+            if bound >= 0:
+                checked += 1
+                assert float(fcs[i]) >= bound - float(tol[i]), (radius, i, float(fcs[i]), bound)
+    assert checked >= 8
+
+
+@pytest.mark.slow
+def test_certified_accuracy_below_empirical_robust_accuracy(clip) -> None:  # type: ignore[no-untyped-def]
+    d = FeatureSmoothing(sigma=SIGMA, n_inf=16, n0=16, n=256, bound="bernstein")
+    d.name = "fs"
+    b = _batch(10, offset=7)
+    defended = d.apply(clip)
+    frame = d.certify(defended, b, (0.1,))
+    cert_acc = float(frame[(frame.quantity == "certified_accuracy")]["value"].fillna(0.0).mean())
+    attack = PGD(norm="l2", eps=0.1, steps=10, restarts=1, eot=2, step_size=0.025)
+    res = attack.perturb(defended, b, ClassifierObjective(PROMPTS), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        robust = float((defended.classify(res.pixels, PROMPTS).argmax(1) == b.labels).double().mean())
+    assert cert_acc <= robust
+
+
+def _mean_fcsb(defense: FeatureSmoothing, model, b: Batch, radii: tuple[float, ...]) -> pd.Series:  # type: ignore[no-untyped-def]
+    frame = defense.certify(defense.apply(model), b, radii)
+    f = frame[frame.quantity == "fcsb"]
+    return f.assign(value=f["value"].fillna(-1.0)).groupby("radius")["value"].mean()
+
+
+@pytest.mark.slow
+def test_psm_raises_fcsb_at_every_radius(clip) -> None:  # type: ignore[no-untyped-def]
+    radii = (0.1, 0.25, 0.5, 1.0)
+    b = _batch(8, offset=3)
+    plain = FeatureSmoothing(sigma=SIGMA, n0=16, n=256, bound="bernstein")
+    psm = _psm_defense(n0=16, n=256, bound="bernstein")
+    a, p = _mean_fcsb(plain, clip, b, radii), _mean_fcsb(psm, clip, b, radii)
+    for r in radii:
+        assert p[r] >= a[r], (r, a[r], p[r])
+        if p[r] > -1:  # wherever PSM certifies anything it must beat plain FS strictly
+            assert p[r] > a[r], (r, a[r], p[r])
+    assert (p > a).any()
+
+
+@pytest.mark.slow
+def test_psm_lowers_asr_under_adaptive_pgd(clip) -> None:  # type: ignore[no-untyped-def]
+    """ASR (initially-correct samples flipped) under EOT PGD-l2 eps 0.5: fs-psm < fs << none."""
+    b = _batch(20, offset=11)
+    asr = {}
+    for name, d in (("none", None), ("fs", FeatureSmoothing(sigma=SIGMA, n_inf=8)), ("fs-psm", _psm_defense(n_inf=8))):
+        model = clip if d is None else d.apply(clip)
+        with torch.no_grad():
+            ok = model.classify(b.pixels, PROMPTS).argmax(1) == b.labels
+        sub = b.select(ok)
+        attack = PGD(norm="l2", eps=0.5, steps=8, restarts=1, eot=1 if d is None else 2, step_size=0.15)
+        res = attack.perturb(model, sub, ClassifierObjective(PROMPTS), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            asr[name] = float((model.classify(res.pixels, PROMPTS).argmax(1) != sub.labels).double().mean())
+    assert asr["fs-psm"] < asr["fs"] < asr["none"], asr
+    assert asr["fs-psm"] <= 0.5 * asr["none"], asr

@@ -1,0 +1,153 @@
+"""PRSL / top-K RS (methods.md 3.2 correctness tests) and the top-K RS training loop."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from robustbench_mm.defenses.topk_softmax import TopKRecentralizedSoftmax, prsl_loss, recentralize, topk_mask
+from robustbench_mm.errors import ConfigError
+
+
+def _logits(n: int = 32, v: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, v, generator=g) * 3, torch.randint(0, v, (n,), generator=g)
+
+
+def test_gamma_zero_and_full_k_equal_cross_entropy() -> None:
+    z, y = _logits()
+    ce = F.cross_entropy(z, y)
+    assert torch.allclose(prsl_loss(z, y, "A", K=5, gamma=0.0), ce, atol=1e-6)
+    assert torch.allclose(prsl_loss(z, y, "B", K=z.shape[1]), ce, atol=1e-6)
+    assert torch.allclose(prsl_loss(z, y, "A", K=5, gamma=0.5, beta=0.0), ce, atol=1e-6)
+
+
+def test_variant_b_below_ce_and_variant_a_above_ce_for_top1_labels() -> None:
+    z, y = _logits(256)
+    ce = F.cross_entropy(z, y, reduction="none")
+    assert (prsl_loss(z, y, "B", K=3, reduction="none") <= ce + 1e-6).all()
+    top1 = z.argmax(1)
+    la = prsl_loss(z, top1, "A", K=5, gamma=0.5, reduction="none")
+    assert (la >= F.cross_entropy(z, top1, reduction="none") - 1e-6).all()
+
+
+def test_recentralization_keeps_argmax_and_compresses_top_gaps() -> None:
+    z, _ = _logits(256)
+    zt = recentralize(z, 5, 0.5)
+    assert torch.equal(zt.argmax(1), z.argmax(1))
+    top = z.topk(5, dim=1).values
+    top_t = zt.topk(5, dim=1).values
+    assert torch.allclose(top_t[:, 0] - top_t[:, 1], 0.5 * (top[:, 0] - top[:, 1]), atol=1e-5)
+
+
+def test_gradcheck_with_fixed_topk_set() -> None:
+    z, y = _logits(4, 6)
+    z = z.double().requires_grad_(True)
+    for variant in ("A", "B"):
+        assert torch.autograd.gradcheck(lambda t: prsl_loss(t, y, variant, K=3, gamma=0.5, beta=0.7), (z,))
+
+
+def test_ignore_index_and_mask_shape() -> None:
+    z, y = _logits(8)
+    y2 = y.clone()
+    y2[:3] = -100
+    full = prsl_loss(z[3:], y[3:], "A")
+    assert torch.allclose(prsl_loss(z, y2, "A"), full, atol=1e-6)
+    assert topk_mask(z, 3).sum(1).eq(3).all()
+
+
+def test_bad_parameters_are_config_errors() -> None:
+    with pytest.raises(ConfigError):
+        TopKRecentralizedSoftmax(gamma=1.0)
+    with pytest.raises(ConfigError):
+        prsl_loss(*_logits(), variant="C")
+
+
+# ---- the training loop on the bundled clip-tiny (seeded, resumable, cached) -------------------------
+def _needs_train_data() -> None:
+    from robustbench_mm.tasks.bundled import RAW_FMNIST_DIR
+
+    if not (RAW_FMNIST_DIR / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("Fashion-MNIST train split (Debian dataset-fashion-mnist) not installed")
+
+
+def _tiny(**kw: object) -> TopKRecentralizedSoftmax:
+    d = TopKRecentralizedSoftmax(**{"steps": 4, "batch_size": 8, "pgd_steps": 1, "eval_n": 20, "eval_steps": 2,
+                                    "ckpt_every": 2, "log_every": 1, "lr": 1e-3, "warmup": 0, **kw})  # type: ignore[arg-type]
+    d.name = "topk-rs-test"
+    return d
+
+
+@pytest.mark.slow
+def test_train_step_lowers_the_loss_on_a_fixed_batch() -> None:
+    from robustbench_mm.models.zoo import load_model
+    from robustbench_mm.tasks.bundled import fmnist_eval_arrays, to_model_pixels
+
+    model = load_model("clip-tiny")
+    d = _tiny(adversarial=False)
+    module = d.prepare(model)
+    opt = d.optimizers(module, model)["main"]
+    images, labels, _ = fmnist_eval_arrays()
+    x, y = to_model_pixels(images[:16], 32), torch.as_tensor(labels[:16])
+    losses = []
+    for _ in range(4):
+        loss, _ = d.train_step(model, module, x, y, 0, torch.Generator().manual_seed(0))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model._text_cache.clear()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.slow
+def test_resume_from_checkpoint_is_exact_and_apply_reuses_cached_weights(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    _needs_train_data()
+    from robustbench_mm.defenses import training
+    from robustbench_mm.models.zoo import load_model
+
+    monkeypatch.setenv("MMROBUST_CACHE", str(tmp_path / "cache"))
+    straight = load_model("clip-tiny")
+    _tiny().fit(straight, tmp_path / "a", stop_after=4)
+    resumed = load_model("clip-tiny")
+    _tiny().fit(resumed, tmp_path / "b", stop_after=2)
+    resumed = load_model("clip-tiny")  # a fresh process would start from the base weights
+    _tiny().fit(resumed, tmp_path / "b", stop_after=4)
+    for (k, v), (_, w) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(v, w), k
+    # apply(): trains on demand into the cache (hash of recipe + model revision), then reuses it
+    d = _tiny()
+    base = load_model("clip-tiny")
+    path = d.weights_dir(base)
+    assert path.parent == training.cache_root()
+    defended = d.apply(base)
+    assert training.finished(path) and (path / "model.safetensors").exists() and (path / "DEFENSE_CARD.md").exists()
+    record = json.loads((path / "defense.json").read_text())
+    assert set(record["metrics"]) >= {"clean_accuracy", "robust_accuracy"}
+    calls = []
+    monkeypatch.setattr(TopKRecentralizedSoftmax, "fit", lambda *a, **k: calls.append(1))
+    again = _tiny().apply(load_model("clip-tiny"))
+    assert not calls
+    x = torch.rand(4, 3, 32, 32)
+    prompts = ["a photo of a bag", "a photo of a coat"]
+    assert torch.allclose(defended.classify(x, prompts), again.classify(x, prompts), atol=1e-5)
+
+
+
+
+
+@pytest.mark.slow
+def test_shipped_topk_rs_weights_are_robust() -> None:
+    from robustbench_mm.defenses.training import zero_shot_eval
+    from robustbench_mm.models.zoo import load_model
+
+    from defense_helpers import shipped
+
+    _, defended = shipped("topk-rs")
+    base = zero_shot_eval(load_model("clip-tiny"), n=100, eps=4 / 255, steps=10)
+    ours = zero_shot_eval(defended, n=100, eps=4 / 255, steps=10)
+    assert ours["robust_accuracy"] >= base["robust_accuracy"] + 0.15
+    assert ours["clean_accuracy"] >= base["clean_accuracy"] - 0.10
