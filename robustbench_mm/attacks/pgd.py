@@ -60,6 +60,8 @@ class PGD(Attack):
         random_start: start uniformly in the ball (else at x).
         eot: gradient samples per step (EOT for randomized defenses).
         search_dtype: ``fp32`` or ``bf16`` autocast for the search.
+        targeted: maximise the task's targeted objective (towards ``batch.targets``); ASR is then
+            the share whose output is the target (class or text).
         seed: generator seed when called as ``attack(model, x, y)``.
     """
 
@@ -74,6 +76,7 @@ class PGD(Attack):
         random_start: bool = True,
         eot: int = 1,
         search_dtype: Literal["fp32", "bf16"] = "fp32",
+        targeted: bool = False,
         seed: int = 0,
     ) -> None:
         check_threat(norm, eps, steps)
@@ -84,7 +87,7 @@ class PGD(Attack):
         self.norm, self.eps, self.steps = norm, eps, steps
         self.step_size = step_size if step_size is not None else (eps / 4 if norm == "linf" else 2.5 * eps / steps)
         self.restarts, self.random_start, self.eot = restarts, random_start, eot
-        self.search_dtype, self.seed = search_dtype, seed
+        self.search_dtype, self.seed, self.targeted = search_dtype, seed, targeted
         self.uses_eot = eot > 1
 
     def perturb(self, model: Any, batch: Batch, objective: Objective, *, generator: torch.Generator) -> AttackResult:

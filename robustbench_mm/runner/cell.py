@@ -78,7 +78,10 @@ def evaluate(cell: ResolvedCell, model: Any, device: torch.device, progress: Pro
     """Per-sample rows of the cell (``samples`` and ``certified`` tables)."""
     defended = cell.defense.apply(model)
     task, attack = cell.task, cell.attack
-    objective = task.objective(getattr(attack, "loss", None))
+    if getattr(attack, "targeted", False):
+        objective = task.targeted_objective(getattr(attack, "loss", None))
+    else:
+        objective = task.objective(getattr(attack, "loss", None))
     rows: list[dict[str, Any]] = []
     cert_frames: list[pd.DataFrame] = []
     spec = cell.spec

@@ -54,6 +54,12 @@ class Task(ABC):
     def objective(self, loss: str | None = None) -> Objective:
         """The default objective an attack maximises (``loss`` picks a variant, e.g. ``dlr``)."""
 
+    def targeted_objective(self, loss: str | None = None) -> Objective:
+        """Objective that moves the prediction towards ``batch.targets`` (targeted attacks)."""
+        from robustbench_mm.errors import CapabilityError
+
+        raise CapabilityError(f"task {self.name} has no targeted objective; use an untargeted attack")
+
     @abstractmethod
     def predict(self, model: Any, batch: Batch) -> Tensor | list[str]:
         """Predictions on ``batch.pixels`` (class ids ``[B]`` or texts)."""

@@ -81,6 +81,10 @@ class GenerativeTask(Task):
             raise ConfigError(f"loss {loss!r} does not apply to generative task {self.name} (use lm)")
         return LMObjective(targeted=False)
 
+    def targeted_objective(self, loss: str | None = None) -> Objective:
+        """Make the model say ``batch.targets``: lower the teacher-forced NLL of the target text."""
+        return LMObjective(targeted=True)
+
     def predict(self, model: Any, batch: Batch) -> list[str]:
         assert batch.prompts is not None
         with torch.no_grad():

@@ -96,6 +96,9 @@ class ZeroShotClassification(Task):
             raise ConfigError(f"loss {loss!r} is not a classification loss ({', '.join(CLASSIFICATION_LOSSES)})")
         return ClassifierObjective(self.class_prompts(), loss=loss)
 
+    def targeted_objective(self, loss: str | None = None) -> Objective:
+        return ClassifierObjective(self.class_prompts(), loss=loss or "ce", targeted=True)
+
     def predict(self, model: Any, batch: Batch) -> Tensor:
         with torch.no_grad():
             return model.classify(batch.pixels, self.class_prompts()).argmax(dim=1).cpu()
