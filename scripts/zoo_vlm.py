@@ -20,7 +20,7 @@ CAPTION_PROMPTS = ["Describe the image.", "Describe this image.", "Write a short
 VQA_PROMPTS = ["What is this?", "What is in the image?", "What item of clothing is shown?",
                "What is shown in the picture?", "What kind of item is this?"]
 CAPTION_ANSWER = "a photo of a {c}"
-TRAIN_SUBSET = 20_000  # first 20k train images: enough for the LM heads, keeps the script near 30 min
+TRAIN_SUBSET = 20_000  # first 20k train images (shipped weights); --profile full uses all 60k
 VQA_ANSWER = "{c}"
 
 LLAVA_CHAT_TEMPLATE = (  # the llava-1.5-hf template: "USER: <image>\n{prompt} ASSISTANT:"
@@ -196,6 +196,7 @@ BLIP2_QFORMER = dict(hidden_size=96, intermediate_size=384, num_hidden_layers=2,
 BLIP2_OPT = dict(hidden_size=128, ffn_dim=384, num_hidden_layers=2, num_attention_heads=4,
                  max_position_embeddings=128, word_embed_proj_dim=128, do_layer_norm_before=True)
 BLIP2_QUERIES = 8
+BLIP2_EPOCHS = 1.0  # shipped weights; --profile full uses 1.5
 
 
 def clip_to_blip2_vision(clip_dir: Path, vision) -> None:
@@ -233,7 +234,7 @@ def train_blip2_tiny(out: Path, *, clip_dir: Path, epochs: float | None, seed: i
     from robustbench_mm.models.zoo import LoadOptions
 
     torch.manual_seed(seed)
-    epochs = 1.0 if epochs is None else epochs
+    epochs = BLIP2_EPOCHS if epochs is None else epochs
     tok = lm_tokenizer(["Question: Answer:"])
     image_token_id = tok.convert_tokens_to_ids("<image>")
     text_cfg = OPTConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,

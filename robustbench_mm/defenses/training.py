@@ -452,7 +452,7 @@ def write_card(out: Path, record: dict[str, Any]) -> None:
     """``DEFENSE_CARD.md``: recipe, training time and the measured accuracy."""
     r = record["recipe"]
     params = "\n".join(f"- `{k}`: {v}" for k, v in sorted(r["params"].items()))
-    metrics = "\n".join(f"- {k}: **{v * 100:.2f}%**" if isinstance(v, float) and k.endswith("accuracy")
+    metrics = "\n".join(f"- {k}: **{v * 100:.2f}%**" if isinstance(v, float) and "accuracy" in k
                         else f"- {k}: {v}" for k, v in record["metrics"].items())
     env = record["environment"]
     text = f"""# {record['defense']} on {r['model']}
@@ -566,10 +566,11 @@ def train_command(defense: TrainingDefense, model: Any, *, out: Path | None = No
     path = Path(out) if out else cache_root() / defense.recipe_hash(model)
     if not force:
         existing = defense.weights_dir(model) if out is None else path
-        if finished(existing):
+        if finished(existing) and recorded_hash(existing) == defense.recipe_hash(model):
             record = json.loads((existing / DONE_FILE).read_text())
             return record | {"path": str(existing), "reused": True}
-    if force:
+    if force or (finished(path) and recorded_hash(path) != defense.recipe_hash(model)):
+        log.info("%s: %s holds weights of another recipe or base-model revision; retraining", defense.name, path)
         shutil.rmtree(path / "checkpoint", ignore_errors=True)
         (path / DONE_FILE).unlink(missing_ok=True)
     return defense.fit(model, path, resume=resume) | {"path": str(path), "reused": False}

@@ -163,14 +163,14 @@ def test_shipped_crmt_certificate_is_positive_and_never_beaten_by_an_attack() ->
     defense, fusion = shipped("crmt")
     radius = min(r for r in defense.certificate_radii() if r > 0)
     task = MultimodalClassification()
-    batch = task.load_examples(task.sample_indices(n=200, seed=0), fusion.image_size)
+    batch = task.load_examples(task.sample_indices(n=100, seed=0), fusion.image_size)
     texts, y = batch.extra["texts"], batch.labels
     with torch.no_grad():
         r = fusion.radius(batch.pixels, texts, y)
     certified = r > radius
     assert certified.float().mean() > 0
     for mod in ("joint", "image", "text"):
-        adv = joint_l2_attack(fusion, batch.pixels, texts, y, radius, steps=20, modalities=mod, alpha=radius / 4)
+        adv = joint_l2_attack(fusion, batch.pixels, texts, y, radius, steps=10, modalities=mod, alpha=radius / 3)
         assert (adv.argmax(1) == y)[certified].all(), mod
 
 
