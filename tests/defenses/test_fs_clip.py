@@ -29,7 +29,7 @@ def clip():  # type: ignore[no-untyped-def]
 
 def _batch(n: int, offset: int = 0) -> Batch:
     images, labels, _ = fmnist_eval_arrays()
-    idx = list(range(offset, offset + 200 * n, 200))[:n]  # one image per class block: all classes
+    idx = [(offset + 67 * k) % len(labels) for k in range(n)]  # spread over the 2,000-image slice
     return Batch(pixels=to_model_pixels(images[idx], 32), labels=torch.as_tensor(labels[idx]),
                  index=torch.as_tensor(idx), extra={"class_prompts": tuple(PROMPTS)})
 
@@ -71,6 +71,7 @@ def test_certify_rows_contract(clip) -> None:  # type: ignore[no-untyped-def]
     frame = d.certify(d.apply(clip), b, (0.0, 0.1, 5.0))
     assert {"index", "radius", "quantity", "value", "abstain", "mc_samples", "alpha"} <= set(frame.columns)
     assert frame["quantity"].iloc[0] == "fcsb"  # the runner's per-sample bound
+    assert set(frame["radius"]) == {0.0, 0.1, 5.0}  # exact float64 radii: the runner matches eps to 1e-9
     assert set(frame["quantity"]) == {"fcsb", "fcsb_tight", "certified_accuracy", "s_hat", "s_lo"}
     f = frame[frame.quantity == "fcsb"].set_index(["index", "radius"])["value"]
     s_lo = frame[frame.quantity == "s_lo"].set_index("index")["value"]

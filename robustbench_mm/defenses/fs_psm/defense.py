@@ -122,7 +122,8 @@ class FeatureSmoothing(Defense):
         vals = values.double().cpu()
         abstain = vals == ABSTAIN if quantity not in ("s_hat", "s_lo") else torch.zeros_like(vals, dtype=torch.bool)
         return pd.DataFrame({
-            "index": idx.repeat_interleave(r).numpy(), "radius": torch.tensor(radii).repeat(b).double().numpy(),
+            "index": idx.repeat_interleave(r).numpy(),
+            "radius": torch.tensor(radii, dtype=torch.float64).repeat(b).numpy(),  # float64: runner matches eps
             "quantity": quantity, "value": vals.masked_fill(abstain, float("nan")).flatten().numpy(),
             "abstain": abstain.flatten().numpy(), "mc_samples": self.n, "n0": self.n0, "alpha": self.alpha,
             "sigma": self.sigma, "bound": self.bound,
@@ -142,8 +143,8 @@ class FeatureSmoothingPSM(FeatureSmoothing):
     def __init__(self, *, sigma: float = 0.25, n_inf: int = 32, n_eot: int = 8, n0: int = 32, n: int = 1000,
                  alpha: float = 0.001, radii: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0),
                  bound: Literal["hoeffding", "bernstein"] = "hoeffding", seed: int = 0, chunk: int = 0,
-                 train_sigmas: tuple[float, ...] = (0.25, 0.5), purifier_steps: int = 400, mapper_steps: int = 400,
-                 train_batch: int = 64, lr: float = 1e-3, lambda_u: float = 1.0, hidden: int = 256,
+                 train_sigmas: tuple[float, ...] = (0.25, 0.5), purifier_steps: int = 150, mapper_steps: int = 200,
+                 train_batch: int = 32, lr: float = 1e-3, lambda_u: float = 1.0, hidden: int = 256,
                  purifier_width: int = 32, use_purifier: bool = True, finetune_purifier: bool = True,
                  train_seed: int = 0, train_images: int = 20000, train_if_missing: bool = True) -> None:
         super().__init__(sigma=sigma, n_inf=n_inf, n_eot=n_eot, n0=n0, n=n, alpha=alpha, radii=radii, bound=bound,

@@ -112,9 +112,9 @@ class PSMTrainConfig:
     """Hyper-parameters of the 2.12 loop [BENCH]; hashed (with the model revision) into the cache key."""
 
     sigmas: tuple[float, ...] = (0.25, 0.5)
-    purifier_steps: int = 400
-    mapper_steps: int = 400
-    batch_size: int = 64
+    purifier_steps: int = 150
+    mapper_steps: int = 200
+    batch_size: int = 32
     lr: float = 1e-3
     lambda_u: float = 1.0
     hidden: int = 256
@@ -282,7 +282,7 @@ def _run_stage(model: Any, psm: PSM, cfg: PSMTrainConfig, train: Tensor, gen: to
         loss.backward()
         opt.step()
         if (step + 1) % 100 == 0 or step + 1 == steps:
-            log.info("psm stage %d step %d/%d loss %.4f", stage, step + 1, steps, float(loss))
+            log.info("psm stage %d step %d/%d loss %.4f", stage, step + 1, steps, float(loss.detach()))
             _checkpoint(psm, ckpt_dir, stage if step + 1 < steps else stage + 1, (step + 1) % steps,
                         cache_key(model, cfg))
 
