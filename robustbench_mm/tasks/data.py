@@ -81,3 +81,23 @@ def class_names(ds: Any, label_column: str, given: tuple[str, ...] | None) -> li
     if not names:
         raise ConfigError(f"dataset has no ClassLabel names in column {label_column!r}; list them in params.classes")
     return [n.replace("_", " ") for n in names]
+
+
+def load_checked(source: str, split: str, columns: list[str], task: str) -> Any:
+    """``load_source`` plus a check that the task's columns exist (one clear error otherwise)."""
+    ds = load_source(source, split)
+    for col in columns:
+        if col not in ds.column_names:
+            raise ConfigError(f"task {task}: dataset has no column {col!r} (columns: {', '.join(ds.column_names)})")
+    return ds
+
+
+def images_to_pixels(source: str, images: list[Any], size: int) -> Tensor:
+    """A column of images -> ``[N,3,size,size]``; the bundled Fashion-MNIST uses the exact
+    preprocessing the bundled models were trained with."""
+    if source == "bundled:fmnist":
+        from robustbench_mm.tasks.bundled import to_model_pixels
+
+        arr = np.stack([np.asarray(im, dtype=np.uint8).reshape(28, 28) for im in images])
+        return to_model_pixels(arr, size)
+    return torch.stack([image_to_tensor(im, size) for im in images])

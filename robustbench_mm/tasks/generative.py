@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from robustbench_mm.attacks.objectives import LMObjective
 from robustbench_mm.errors import ConfigError
 from robustbench_mm.tasks.base import TASKS, Task, to_long
-from robustbench_mm.tasks.data import image_to_tensor, load_source
+from robustbench_mm.tasks.data import images_to_pixels, load_checked
 from robustbench_mm.tasks.metrics import cider_d, find_class, normalize_text, vqa_accuracy
 from robustbench_mm.types import Batch, Objective
 
@@ -44,13 +43,9 @@ class GenerativeTask(Task):
     @property
     def ds(self) -> Any:
         if self._ds is None:
-            self._ds = load_source(self.dataset, self.split)
             needed = [self.image_column] + ([self.answers_column] if self.dataset != "bundled:fmnist" else ["label"])
             needed += [self.question_column] if self.question_column else []
-            for col in needed:
-                if col not in self._ds.column_names:
-                    raise ConfigError(f"task {self.name}: dataset has no column {col!r} "
-                                      f"(columns: {', '.join(self._ds.column_names)})")
+            self._ds = load_checked(self.dataset, self.split, needed, self.name)
         return self._ds
 
     def __len__(self) -> int:
@@ -58,17 +53,14 @@ class GenerativeTask(Task):
 
     def load_examples(self, indices: list[int], image_size: int) -> Batch:
         rows = self.ds.select(indices)
+        pixels = images_to_pixels(self.dataset, rows[self.image_column], image_size)
         if self.dataset == "bundled:fmnist":
-            from robustbench_mm.tasks.bundled import to_model_pixels
-
-            arr = np.stack([np.asarray(im, dtype=np.uint8).reshape(28, 28) for im in rows[self.image_column]])
-            pixels, labels = to_model_pixels(arr, image_size), list(rows["label"])
+            labels = list(rows["label"])
             answers = [[self.answer_template.format(c=self.classes[y])] for y in labels]
             # targeted attacks: make the model name another class (deterministic per sample)
             targets = [self.target_template.format(c=self.classes[(y + 1 + i % 9) % len(self.classes)])
                        for y, i in zip(labels, indices)]
         else:
-            pixels = torch.stack([image_to_tensor(im, image_size) for im in rows[self.image_column]])
             answers = [_answer_list(a) for a in rows[self.answers_column]]
             labels = [-1] * len(indices)
             targets = [self.target_template.format(c="dog") for _ in indices]

@@ -10,7 +10,7 @@ from torch import Tensor
 from robustbench_mm.attacks.objectives import CLASSIFICATION_LOSSES, ClassifierObjective
 from robustbench_mm.errors import ConfigError
 from robustbench_mm.tasks.base import TASKS, Task, to_long
-from robustbench_mm.tasks.data import class_names, image_to_tensor, load_source
+from robustbench_mm.tasks.data import class_names, images_to_pixels, load_checked
 from robustbench_mm.types import Batch, Objective
 
 
@@ -49,11 +49,7 @@ class ZeroShotClassification(Task):
     @property
     def ds(self) -> Any:
         if self._ds is None:
-            self._ds = load_source(self.dataset, self.split)
-            for col in (self.image_column, self.label_column):
-                if col not in self._ds.column_names:
-                    raise ConfigError(f"task {self.name}: dataset has no column {col!r} "
-                                      f"(columns: {', '.join(self._ds.column_names)})")
+            self._ds = load_checked(self.dataset, self.split, [self.image_column, self.label_column], self.name)
         return self._ds
 
     @property
@@ -71,15 +67,7 @@ class ZeroShotClassification(Task):
 
     def load_examples(self, indices: list[int], image_size: int) -> Batch:
         rows = self.ds.select(indices)
-        if self.dataset == "bundled:fmnist":
-            from robustbench_mm.tasks.bundled import to_model_pixels
-
-            import numpy as np
-
-            arr = np.stack([np.asarray(im, dtype=np.uint8).reshape(28, 28) for im in rows[self.image_column]])
-            pixels = to_model_pixels(arr, image_size)
-        else:
-            pixels = torch.stack([image_to_tensor(im, image_size) for im in rows[self.image_column]])
+        pixels = images_to_pixels(self.dataset, rows[self.image_column], image_size)
         labels = list(rows[self.label_column])
         n_cls = len(self.classes)
         # a fixed target class per sample for targeted attacks (never the true class)
