@@ -231,6 +231,8 @@ class MFit(FeatureAttack):
     def target_embeddings(self, clip: Any, batch: Batch, objective: Any) -> Tensor:
         if self.target_text is not None:
             return clip.encode_text([self.target_text]).float().expand(len(batch), -1)
+        if isinstance(batch.targets, list) and batch.targets:  # generative tasks name a target per sample
+            return clip.encode_text(list(batch.targets)).float()
         prompts = getattr(objective, "class_prompts", None)
         if prompts is None:
             raise ConfigError("mf-it: set params.target_text (the task has no class prompts to pick from)")
