@@ -178,6 +178,8 @@ def show(out: Annotated[str, typer.Argument(help="Result store directory.")] = "
     from robustbench_mm import api
 
     df = api.show(out)
+    if not df.empty:
+        df = df.sort_values(["task", "model", "defense", "attack", "eps"]).reset_index(drop=True)
     cols = ["model", "attack", "defense", "task", "norm", "eps", "n", "clean_accuracy", "robust_accuracy", "asr",
             "status"]
     table = Table(*cols, title=f"{out}: {len(df)} cells")

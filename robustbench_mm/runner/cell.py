@@ -192,7 +192,9 @@ def _evaluate_batch(cell: ResolvedCell, model: Any, objective: Any, batch: Batch
         success = clean_ok & task.targeted_success(batch, adv_pred).cpu()
     else:
         success = task.success(batch, clean_ok, adv_pred).cpu()
-    adv_ok = task.correct(batch, adv_pred).cpu()
+    # robust = right before and after the attack: a sample the clean model gets wrong is never robust,
+    # even if a randomized defense happens to get its (unattacked) re-prediction right
+    adv_ok = task.correct(batch, adv_pred).cpu() & clean_ok
     linf, l2 = perturbation_norms(batch.pixels, x_adv)
     with torch.no_grad():
         cos = F.cosine_similarity(model.encode_image(batch.pixels).float(), model.encode_image(x_adv).float(), dim=-1)
