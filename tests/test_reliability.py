@@ -165,3 +165,25 @@ def test_pickle_checkpoint_needs_opt_in(random_clip_dir: Path, tmp_path: Path) -
     x = torch.rand(2, 3, 32, 32)
     ref = load_model(str(random_clip_dir))
     assert torch.allclose(loaded.encode_image(x), ref.encode_image(x), atol=1e-5)
+
+
+def test_masked_gradients_flag_the_cell_unreliable(random_clip_dir: Path, shapes_task: Path, tmp_path: Path,
+                                                    hook: Any) -> None:
+    """A model whose input gradient is zero (quantised input) must not yield a trusted robustness number."""
+    import json
+
+    def quantise_inputs(model: Any, batch: Any) -> None:
+        if not hasattr(model, "_orig_classify"):
+            model._orig_classify = model.classify
+            model.classify = lambda p, prompts: model._orig_classify((p * 4).round() / 4, prompts)
+
+    hook(quantise_inputs)
+    api.run_cell(_spec(random_clip_dir, shapes_task, n=12), out=tmp_path / "masked")
+    row = pd.read_parquet(tmp_path / "masked" / "asr.parquet").iloc[0]
+    checks = json.loads(row["sanity"])
+    assert checks["zero_gradient"].startswith("fail") and bool(row["unreliable"])
+    cell_mod.BEFORE_ATTACK_HOOK = None
+    api.run_cell(_spec(random_clip_dir, shapes_task, n=12), out=tmp_path / "honest")
+    row = pd.read_parquet(tmp_path / "honest" / "asr.parquet").iloc[0]
+    assert json.loads(row["sanity"]) == {"validity_guard": "pass", "zero_gradient": "pass"}
+    assert not bool(row["unreliable"])

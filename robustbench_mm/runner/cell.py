@@ -171,11 +171,13 @@ def _evaluate_batch(cell: ResolvedCell, model: Any, objective: Any, batch: Batch
     clean_ok = task.correct(batch, clean_pred).cpu()
     x_adv = batch.pixels.clone()
     verdict_model = model
+    grad_norm = torch.full((len(batch),), float("nan"))
     if bool(clean_ok.any()):
         sub = batch.select(clean_ok.to(batch.pixels.device))
         sub.seeds = cell.spec.seed * 1_000_003 + sub.index  # per-example attack randomness
         if BEFORE_ATTACK_HOOK is not None:
             BEFORE_ATTACK_HOOK(model, sub)
+        grad_norm[clean_ok] = _input_gradient_norms(model, sub, objective)
         gen = torch.Generator().manual_seed(cell.spec.seed)
         result = attack.perturb(model, sub, attack.prepare(model, sub, objective), generator=gen)
         check_valid(sub.pixels, result.pixels, attack.norm, attack.eps)
@@ -207,9 +209,42 @@ def _evaluate_batch(cell: ResolvedCell, model: Any, objective: Any, batch: Batch
             "clean_text": as_list(clean_pred)[i] if texts else "", "adv_text": as_list(adv_pred)[i] if texts else "",
             "clean_correct": bool(clean_ok[i]), "adv_correct": bool(adv_ok[i]), "success": bool(success[i]),
             "linf": float(linf[i]), "l2": float(l2[i]), "feature_cosine": float(cos[i]),
-            "certified_bound": float("nan"),
+            "certified_bound": float("nan"), "grad_norm": float(grad_norm[i]),
         })
     return out
+
+
+def _input_gradient_norms(model: Any, batch: Batch, objective: Any) -> torch.Tensor:
+    """l2 norm of the task objective's input gradient per example, at the clean input ``[B]``
+    (a zero or non-finite gradient means the attack is blind: gradient masking or a bug)."""
+    if batch.seeds is None or not callable(objective):
+        return torch.full((len(batch),), float("nan"))
+    x = batch.pixels.detach().requires_grad_(True)
+    with torch.enable_grad():
+        loss = objective(model, x, batch).float()
+        grad = torch.autograd.grad(loss.sum(), x, allow_unused=True)[0]
+    if grad is None:
+        return torch.zeros(len(batch))
+    return grad.detach().flatten(1).norm(dim=1).cpu()
+
+
+def cell_sanity(cell: ResolvedCell, samples: pd.DataFrame, ok: bool) -> dict[str, Any]:
+    """Checks every cell runs, stored as data (design 'Trust'); a failed check sets ``unreliable``.
+
+    validity_guard: every adversarial batch was inside the threat model (else the cell failed).
+    zero_gradient: no attacked example had a zero or non-finite input gradient.
+    eot_for_randomized: a randomized defense was attacked with EOT.
+    """
+    checks: dict[str, str] = {"validity_guard": "pass" if ok else "not run"}
+    if ok and cell.attack.norm is not None and "grad_norm" in samples and len(samples):
+        g = samples["grad_norm"].dropna()
+        blind = int(((g == 0) | ~g.apply(lambda v: v == v and abs(v) != float("inf"))).sum())
+        checks["zero_gradient"] = "pass" if blind == 0 else f"fail ({blind} of {len(g)} examples)"
+    if cell.defense.randomized and cell.attack.norm is not None:
+        checks["eot_for_randomized"] = "pass" if getattr(cell.attack, "uses_eot", False) or \
+            getattr(cell.attack, "eot", 1) > 1 else "fail"
+    unreliable = any(v.startswith("fail") for v in checks.values())
+    return {"unreliable": unreliable, "sanity": json.dumps(checks, sort_keys=True)}
 
 
 def summary_row(cell: ResolvedCell, model: Any, device: torch.device, tables: dict[str, Any], status: str,
@@ -235,8 +270,7 @@ def summary_row(cell: ResolvedCell, model: Any, device: torch.device, tables: di
         "wall_s": wall, "samples_per_s": n / wall if wall > 0 else nan,
         "device": provenance.device_name(device), "dtype": cell.spec.dtype,
         "precision_policy": f"search={getattr(cell.attack, 'search_dtype', 'fp32')},verdict=fp32",
-        "status": status, "error": error, "unreliable": False,
-        "sanity": json.dumps({"validity_guard": "pass" if ok else "not run"}),
+        "status": status, "error": error, **cell_sanity(cell, samples, ok),
         "created_at": provenance.now(), "git_commit": provenance.git_commit(),
         "versions": provenance.versions_json(), "model_revision": getattr(model, "revision", ""),
         "schema_version": SCHEMA_VERSION, "batch_size": cell.spec.batch_size,
