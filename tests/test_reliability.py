@@ -187,3 +187,18 @@ def test_masked_gradients_flag_the_cell_unreliable(random_clip_dir: Path, shapes
     row = pd.read_parquet(tmp_path / "honest" / "asr.parquet").iloc[0]
     assert json.loads(row["sanity"]) == {"validity_guard": "pass", "zero_gradient": "pass"}
     assert not bool(row["unreliable"])
+
+
+def test_remote_code_refusal_names_the_flag() -> None:
+    from robustbench_mm.errors import WeightsError
+    from robustbench_mm.models.llava import hf_from_pretrained
+    from robustbench_mm.models.zoo import LoadOptions
+
+    class NeedsRemoteCode:
+        @staticmethod
+        def from_pretrained(*args: Any, **kwargs: Any) -> Any:
+            assert "trust_remote_code" not in kwargs  # never forwarded unless the user opted in
+            raise ValueError("The repository contains custom code; set trust_remote_code=True to run it.")
+
+    with pytest.raises(WeightsError, match="--trust-remote-code"):
+        hf_from_pretrained(NeedsRemoteCode, "org/custom", LoadOptions(), {"trust_remote_code": False})

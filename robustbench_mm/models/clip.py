@@ -138,6 +138,12 @@ def load_hf_clip(source: str, *, options: Any) -> HFClip:
     try:
         model = CLIPModel.from_pretrained(source, dtype=DTYPES[options.dtype], **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            from robustbench_mm.models.llava import remote_code_message
+
+            raise WeightsError(remote_code_message(source)) from None
+        raise
     except OSError as exc:
         raise WeightsError(f"could not load CLIP {source!r}: {str(exc).splitlines()[0]}; "
                            f"use the bundled --model clip-tiny offline") from None

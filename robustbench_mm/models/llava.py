@@ -151,12 +151,21 @@ def hf_from_pretrained(cls: Any, source: str, options: Any, kw: dict[str, Any]) 
     try:
         model = cls.from_pretrained(source, dtype=torch_dtype(options), use_safetensors=not options.allow_pickle,
                                     **model_kw)
+    except ValueError as err:
+        if "trust_remote_code" in str(err):
+            raise WeightsError(remote_code_message(source)) from None
+        raise
     except OSError as err:
         if not options.allow_pickle and "safetensors" in str(err).lower():
             raise WeightsError(f"{source}: no safetensors weights; pickle checkpoints load only with "
                                f"--allow-pickle (they can run arbitrary code)") from err
         raise WeightsError(f"{source}: cannot load weights ({err})") from err
     return model.eval()
+
+
+def remote_code_message(source: str) -> str:
+    return (f"{source} needs custom code from its repository; pass --trust-remote-code to run it "
+            f"(only for sources you trust)")
 
 
 def image_stats(source: str, image_processor: Any, kw: dict[str, Any], default_size: int
