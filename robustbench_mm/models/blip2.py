@@ -22,6 +22,7 @@ from robustbench_mm.models.llava import (
     greedy_generate,
     hf_from_pretrained,
     hf_load_kwargs,
+    processor_parts,
     image_stats,
     left_padded,
     prompt_target_batch,
@@ -124,15 +125,11 @@ def load_blip2(source: str, options: Any) -> Blip2Adapter:
     Safetensors only unless ``options.allow_pickle``; remote code only with
     ``options.trust_remote_code``; a local directory never touches the network.
     """
-    from transformers import AutoProcessor, AutoTokenizer, Blip2ForConditionalGeneration
+    from transformers import Blip2ForConditionalGeneration
 
     kw = hf_load_kwargs(source, options)
     model = hf_from_pretrained(Blip2ForConditionalGeneration, source, options, kw)
-    try:
-        processor = AutoProcessor.from_pretrained(source, **kw)
-        tokenizer, image_processor = processor.tokenizer, processor.image_processor
-    except Exception:  # noqa: BLE001 - fall back to tokenizer + preprocessor_config.json
-        tokenizer, image_processor = AutoTokenizer.from_pretrained(source, **kw), None
+    _, tokenizer, image_processor = processor_parts(source, kw)
     mean, std, size = image_stats(source, image_processor, kw, default_size=model.config.vision_config.image_size)
     adapter = Blip2Adapter(model, tokenizer, image_size=size, mean=mean, std=std,
                            revision=weights_revision(source, model))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from abc import abstractmethod
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -37,11 +38,13 @@ class ClipAdapter(VLM):
         self.logit_scale_value = float(logit_scale)
         self._text_cache: dict[tuple[str, ...], Tensor] = {}
 
+    @abstractmethod
     def _image_embed(self, pixels: Tensor) -> Tensor:
-        raise NotImplementedError
+        """Image embedding ``[B,D]`` of normalised pixels."""
 
+    @abstractmethod
     def _text_embed(self, texts: Sequence[str]) -> Tensor:
-        raise NotImplementedError
+        """Text embedding ``[T,D]`` (not yet normalised)."""
 
     def raw_vision_features(self, pixels: Tensor) -> Tensor:
         return self._image_embed(normalize_pixels(pixels, self.mean, self.std))

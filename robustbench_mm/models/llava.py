@@ -106,21 +106,13 @@ def load_llava(source: str, options: Any) -> LlavaAdapter:
     Safetensors only unless ``options.allow_pickle``; remote code only with
     ``options.trust_remote_code``; a local directory never touches the network.
     """
-    from transformers import AutoProcessor, AutoTokenizer, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
 
     kw = hf_load_kwargs(source, options)
     model = hf_from_pretrained(LlavaForConditionalGeneration, source, options, kw)
-    try:
-        processor = AutoProcessor.from_pretrained(source, **kw)
-        tokenizer = processor.tokenizer
-        image_processor = processor.image_processor
-        chat_template = getattr(processor, "chat_template", None) or getattr(tokenizer, "chat_template", None)
-        image_token = getattr(processor, "image_token", "<image>")
-    except Exception:  # noqa: BLE001 - fall back to tokenizer + preprocessor_config.json
-        tokenizer = AutoTokenizer.from_pretrained(source, **kw)
-        image_processor = None
-        chat_template = getattr(tokenizer, "chat_template", None)
-        image_token = "<image>"
+    processor, tokenizer, image_processor = processor_parts(source, kw)
+    chat_template = getattr(processor, "chat_template", None) or getattr(tokenizer, "chat_template", None)
+    image_token = getattr(processor, "image_token", "<image>")
     mean, std, size = image_stats(source, image_processor, kw, default_size=model.config.vision_config.image_size)
     adapter = LlavaAdapter(model, tokenizer, image_size=size, mean=mean, std=std, chat_template=chat_template,
                            image_token=image_token, revision=weights_revision(source, model))
@@ -128,6 +120,18 @@ def load_llava(source: str, options: Any) -> LlavaAdapter:
 
 
 # ==== shared helpers (also used by blip2.py) =================================================
+def processor_parts(source: str, kw: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """``(processor or None, tokenizer, image_processor or None)``; without a loadable processor,
+    the tokenizer alone (image stats then come from preprocessor_config.json)."""
+    from transformers import AutoProcessor, AutoTokenizer
+
+    try:
+        processor = AutoProcessor.from_pretrained(source, **kw)
+        return processor, processor.tokenizer, processor.image_processor
+    except Exception:  # noqa: BLE001 - any processor problem falls back to the tokenizer
+        return None, AutoTokenizer.from_pretrained(source, **kw), None
+
+
 def hf_load_kwargs(source: str, options: Any) -> dict[str, Any]:
     kw: dict[str, Any] = {"trust_remote_code": bool(options.trust_remote_code)}
     if Path(source).is_dir():

@@ -74,7 +74,9 @@ class Task(ABC):
 
     def targeted_success(self, batch: Batch, adv_prediction: Tensor | list[str]) -> Tensor:
         """Targeted ASR numerator: the adversarial prediction is ``batch.targets``, bool ``[B]``."""
-        raise NotImplementedError(f"task {self.name} defines no targeted success")
+        from robustbench_mm.errors import CapabilityError
+
+        raise CapabilityError(f"task {self.name} has no targeted success; use an untargeted attack")
 
     def describe(self) -> dict[str, Any]:
         return {"task": self.name}

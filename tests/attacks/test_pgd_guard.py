@@ -12,26 +12,10 @@ from robustbench_mm.errors import ValidityError
 
 
 @pytest.fixture(scope="module")
-def mlp_and_data() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """A small MLP trained for a few seconds on the bundled Fashion-MNIST slice (~80% accuracy)."""
-    from robustbench_mm.tasks.bundled import fmnist_eval_arrays, to_model_pixels
-
-    images, labels, _ = fmnist_eval_arrays()
-    x = to_model_pixels(images, 16)
-    y = torch.as_tensor(labels, dtype=torch.long)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 128), nn.ReLU(), nn.Linear(128, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    for _ in range(300):
-        idx = torch.randint(0, 1800, (128,))
-        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model, x[1800:1928], y[1800:1928]
+def mlp_and_data(fmnist_model) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:  # type: ignore[no-untyped-def]
+    """The small network of tests/attacks/conftest.py and 128 held-out images (not filtered)."""
+    model, held_out = fmnist_model
+    return model, held_out.x[:128], held_out.y[:128]
 
 
 def _acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -131,6 +133,8 @@ def test_crmt_training_resumes_exactly_across_the_step2_boundary(tmp_path, monke
     from robustbench_mm.tasks.crmt_task import MultimodalClassification
 
     if not (RAW_FMNIST_DIR / "train-images-idx3-ubyte.gz").exists():
+        if os.environ.get("CI"):
+            pytest.fail("Fashion-MNIST train split missing: .ci/run installs dataset-fashion-mnist")
         pytest.skip("Fashion-MNIST train split not installed")
     monkeypatch.setenv("MMROBUST_CACHE", str(tmp_path / "cache"))
     a = _tiny_crmt()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -71,6 +72,8 @@ def _needs_train_data() -> None:
     from robustbench_mm.tasks.bundled import RAW_FMNIST_DIR
 
     if not (RAW_FMNIST_DIR / "train-images-idx3-ubyte.gz").exists():
+        if os.environ.get("CI"):
+            pytest.fail("Fashion-MNIST train split missing: .ci/run installs dataset-fashion-mnist")
         pytest.skip("Fashion-MNIST train split (Debian dataset-fashion-mnist) not installed")
 
 
