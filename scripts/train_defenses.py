@@ -3,6 +3,7 @@
     python scripts/train_defenses.py                          # train + evaluate all four on clip-tiny
     python scripts/train_defenses.py --only mmcoa,tecoa       # a subset
     python scripts/train_defenses.py --skip-train --n 500     # only the evaluation table
+    python scripts/train_defenses.py --models llava-tiny,blip2-tiny --only topk-rs   # token-level top-K RS
 
 Weights go to ``robustbench_mm/defenses/weights/<defense>-<model>/`` (the shipped directory that
 ``Defense.apply`` finds by recipe hash), in the model's own format with ``defense.json`` and
@@ -78,9 +79,15 @@ def evaluate(models: list[str], defenses: list[str], args: argparse.Namespace) -
     out = args.store
     table: dict = {"budgets": {"linf_eps": "4/255", "pgd_steps": args.pgd_steps, "apgd_steps": args.apgd_steps,
                                "text_eps": args.text_eps, "joint_steps": 10, "n": args.n, "n_apgd": args.n_apgd,
-                               "n_joint": args.n_joint}, "rows": {}}
+                               "n_joint": args.n_joint, "n_vlm": args.n_vlm}, "rows": {}}
     zs = [d for d in ["none", *defenses] if d != "crmt"]
     for model in models:
+        if family(model) != "clip":  # LLaVA / BLIP-2: the token-level defenses on the VQA task
+            for d in [d for d in zs if d == "none" or family(model) in defense_families(d)]:
+                table["rows"][f"{model}/{d}"] = {
+                    "pgd": cell(model, "pgd", d, "fmnist-vqa", args.n_vlm, out, eps=eps, steps=args.pgd_steps),
+                    "apgd": cell(model, "apgd-ce", d, "fmnist-vqa", args.n_vlm, out, eps=eps, steps=args.apgd_steps)}
+            continue
         for d in zs:
             row = {"pgd": cell(model, "pgd", d, "fmnist-zeroshot", args.n, out, eps=eps, steps=args.pgd_steps)}
             row["apgd"] = cell(model, "apgd-ce", d, "fmnist-zeroshot", args.n_apgd, out, eps=eps, steps=args.apgd_steps)
@@ -96,6 +103,21 @@ def evaluate(models: list[str], defenses: list[str], args: argparse.Namespace) -
                 table["rows"][f"{model}/{d}/multimodal"] = row
             table["certified"] = certified_table(out)
     return table
+
+
+def family(model_name: str) -> str:
+    from robustbench_mm.models.zoo import entry_for
+
+    return entry_for(model_name).family
+
+
+def defense_families(name: str) -> frozenset[str]:
+    from robustbench_mm.defenses.base import DEFENSES as REG
+    from robustbench_mm.presets import load_preset
+    from robustbench_mm.runner.resolve import _register_all
+
+    _register_all()
+    return REG.get(load_preset("defense", name, REG).impl).families
 
 
 def certified_table(out: str) -> list[dict]:
@@ -119,6 +141,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=300)
     ap.add_argument("--n-apgd", type=int, default=100)
     ap.add_argument("--n-joint", type=int, default=100)
+    ap.add_argument("--n-vlm", type=int, default=100, help="VQA images per LLaVA / BLIP-2 cell")
     ap.add_argument("--pgd-steps", type=int, default=10)
     ap.add_argument("--apgd-steps", type=int, default=25)
     ap.add_argument("--text-eps", type=float, default=0.25)
@@ -135,7 +158,8 @@ def main() -> None:
     if not args.skip_train:
         for m in models:
             for d in defenses:
-                records[f"{m}/{d}"] = train(d, m, resume=not args.no_resume)
+                if family(m) in defense_families(d):
+                    records[f"{m}/{d}"] = train(d, m, resume=not args.no_resume)
     if args.skip_eval:
         return
     table = evaluate(models, defenses, args)

@@ -19,9 +19,8 @@ non-true classes of the clean logits in turn, on the samples still standing.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, Callable, Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -30,6 +29,7 @@ from robustbench_mm.attacks.base import ATTACKS, Attack, check_threat, project
 from robustbench_mm.attacks.guard import check_valid
 from robustbench_mm.attacks.objectives import ModuleObjective, has_logits
 from robustbench_mm.attacks.pgd import autocast_context
+from robustbench_mm.attacks.worst_case import RunResult, fold_worst_case, rows_like
 from robustbench_mm.errors import CapabilityError, ConfigError
 from robustbench_mm.types import AttackResult, Batch, Norm, Objective
 
@@ -92,19 +92,9 @@ def _direction(grad: Tensor, norm: Norm) -> Tensor:
     return grad / n
 
 
-def _rows(mask: Tensor, like: Tensor) -> Tensor:
-    return mask.view(-1, *([1] * (like.dim() - 1)))
-
-
 def checkpoint_periods(steps: int) -> tuple[int, int, int]:
     """(first period, decrement, minimum period) = (0.22 N, 0.03 N, 0.06 N), each at least 1."""
     return max(int(0.22 * steps), 1), max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
-
-
-class RunResult(NamedTuple):
-    pixels: Tensor  # successful iterate where one exists, else the best-objective point
-    loss: Tensor  # objective at ``pixels``
-    success: Tensor | None
 
 
 class LogitsCall:
@@ -182,21 +172,21 @@ class APGD(LogitsCall, Attack):
         since = 0
         for i in range(self.steps):
             a = self.momentum if i > 0 else 1.0
-            z = project(x, x_adv + _rows(step, x) * _direction(grad, norm), norm, eps)
+            z = project(x, x_adv + rows_like(step, x) * _direction(grad, norm), norm, eps)
             x_new = project(x, x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_prev), norm, eps)
             x_prev, x_adv = x_adv, x_new
             ev = evaluate(model, x_adv, batch, objective, self.eot, self.search_dtype)
             grad = ev.grad
             if succ is not None and ev.success is not None:
                 new = ev.success & ~succ
-                x_succ = torch.where(_rows(new, x), x_adv, x_succ)
+                x_succ = torch.where(rows_like(new, x), x_adv, x_succ)
                 loss_succ = torch.where(new, ev.loss, loss_succ)
                 succ = succ | ev.success
             n_improve = n_improve + (ev.loss > loss_prev).float()
             loss_prev = ev.loss
             better = ev.loss > loss_best
-            x_best = torch.where(_rows(better, x), x_adv, x_best)
-            grad_best = torch.where(_rows(better, x), grad, grad_best)
+            x_best = torch.where(rows_like(better, x), x_adv, x_best)
+            grad_best = torch.where(rows_like(better, x), grad, grad_best)
             loss_best = torch.where(better, ev.loss, loss_best)
             since += 1
             if since == period:
@@ -205,15 +195,15 @@ class APGD(LogitsCall, Attack):
                 reduce = oscillating | stalled
                 reduced_last, best_at_check = reduce, loss_best.clone()
                 step = torch.where(reduce, step / 2, step)
-                x_adv = torch.where(_rows(reduce, x), x_best, x_adv)
-                grad = torch.where(_rows(reduce, x), grad_best, grad)
+                x_adv = torch.where(rows_like(reduce, x), x_best, x_adv)
+                grad = torch.where(rows_like(reduce, x), grad_best, grad)
                 n_improve = torch.zeros_like(n_improve)
                 since, period = 0, max(period - decr, min_period)
                 if succ is not None and bool(succ.all()):  # one host sync per checkpoint
                     break  # every sample has a successful iterate; more steps cannot change the result
         if succ is None:
             return RunResult(x_best, loss_best, None)
-        return RunResult(torch.where(_rows(succ, x), x_succ, x_best), torch.where(succ, loss_succ, loss_best), succ)
+        return RunResult(torch.where(rows_like(succ, x), x_succ, x_best), torch.where(succ, loss_succ, loss_best), succ)
 
     # ---- restarts ----------------------------------------------------------------------------
     def perturb(self, model: Any, batch: Batch, objective: Objective, *, generator: torch.Generator) -> AttackResult:
@@ -224,37 +214,14 @@ class APGD(LogitsCall, Attack):
         """Per-sample worst case over restarts; with success info only standing samples are re-attacked."""
         assert self.norm is not None and self.eps is not None
         x = batch.pixels.detach()
-        out_x = x.clone()
-        out_loss = torch.full((len(x),), -math.inf, device=x.device)
-        out_succ: Tensor | None = None
-        for _ in range(self.restarts):
+
+        def restart(alive: Tensor | None) -> RunResult:
             start = boundary_start(x, self.norm, self.eps, generator, batch.seeds)  # all rows: seed-stable
-            alive = None if out_succ is None else ~out_succ
-            if alive is not None and not bool(alive.any()):
-                break
-            sub = batch if alive is None else batch.select(alive)
-            res = self.run_once(model, sub, objective, start if alive is None else start[alive])
-            out_x, out_loss, out_succ = merge(out_x, out_loss, out_succ, res, alive)
-        return RunResult(out_x, out_loss, out_succ)
+            if alive is None:
+                return self.run_once(model, batch, objective, start)
+            return self.run_once(model, batch.select(alive), objective, start[alive])
 
-
-def merge(out_x: Tensor, out_loss: Tensor, out_succ: Tensor | None, res: RunResult,
-          rows: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Fold a run on ``rows`` (bool mask; None = all) into the running per-sample worst case:
-    a success beats any non-success, else the higher objective wins."""
-    idx = torch.arange(len(out_x), device=out_x.device) if rows is None else rows.nonzero().flatten()
-    cur_loss = out_loss[idx]
-    take = res.loss > cur_loss
-    if res.success is not None:
-        cur_succ = out_succ[idx] if out_succ is not None else torch.zeros_like(res.success)
-        take = (res.success & ~cur_succ) | (take & ~cur_succ)
-    out_x, out_loss = out_x.clone(), out_loss.clone()
-    out_x[idx] = torch.where(_rows(take, res.pixels), res.pixels, out_x[idx])
-    out_loss[idx] = torch.where(take, res.loss, cur_loss)
-    if res.success is not None:
-        out_succ = torch.zeros(len(out_x), dtype=torch.bool, device=out_x.device) if out_succ is None else out_succ.clone()
-        out_succ[idx] = out_succ[idx] | res.success
-    return out_x, out_loss, out_succ
+        return fold_worst_case(x, (restart for _ in range(self.restarts)))[0]
 
 
 @dataclass
@@ -313,22 +280,18 @@ class APGDTargeted(APGD):
         with torch.no_grad():
             order = base.logits(model, x).float().argsort(dim=1, descending=True)
         n_t = min(self.n_targets, order.shape[1] - 1)
-        out_x, out_succ = x.clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
-        out_loss = torch.full((len(x),), -math.inf, device=x.device)
         vehicle = TowardsTarget(base, self.loss or "dlr")
-        used = 0
-        for k in range(1, n_t + 1):
-            targets = order[:, k]  # k-th most likely class; the top one is the (clean-correct) label
-            alive = ~out_succ
-            if not bool(alive.any()):
-                break
-            sub = Batch(pixels=x, labels=batch.labels, index=batch.index, targets=targets,
-                        seeds=batch.seeds).select(alive)
-            res = self.attack_restarts(model, sub, vehicle, generator)
-            used += 1
-            with torch.no_grad():  # report the task objective, comparable across targets
-                res = RunResult(res.pixels, base(model, res.pixels, sub).float(), res.success)
-            out_x, out_loss, merged = merge(out_x, out_loss, out_succ, res, alive)
-            assert merged is not None
-            out_succ = merged
+
+        def towards(k: int) -> Callable[[Tensor | None], RunResult]:
+            def run(alive: Tensor | None) -> RunResult:
+                targets = order[:, k]  # k-th most likely class; the top one is the (clean-correct) label
+                sub = Batch(pixels=x, labels=batch.labels, index=batch.index, targets=targets, seeds=batch.seeds)
+                sub = sub if alive is None else sub.select(alive)
+                res = self.attack_restarts(model, sub, vehicle, generator)
+                with torch.no_grad():  # report the task objective, comparable across targets
+                    return RunResult(res.pixels, base(model, res.pixels, sub).float(), res.success)
+            return run
+
+        out, used = fold_worst_case(x, (towards(k) for k in range(1, n_t + 1)))
+        out_x, out_loss = out.pixels, out.loss
         return AttackResult(out_x.detach(), out_loss, used * self.restarts * (self.steps + 1) * self.eot)

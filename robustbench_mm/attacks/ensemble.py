@@ -9,13 +9,13 @@ embedding objectives) every member attacks every sample and the highest task obj
 
 from __future__ import annotations
 
-import math
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 from torch import Tensor
 
-from robustbench_mm.attacks.apgd import LogitsCall, RunResult, merge
+from robustbench_mm.attacks.apgd import LogitsCall
+from robustbench_mm.attacks.worst_case import RunResult, fold_worst_case
 from robustbench_mm.attacks.base import ATTACKS, Attack, check_threat
 from robustbench_mm.attacks.objectives import has_logits
 from robustbench_mm.errors import ConfigError
@@ -66,24 +66,35 @@ class Ensemble(LogitsCall, Attack):
         return objective
 
     def perturb(self, model: Any, batch: Batch, objective: Objective, *, generator: torch.Generator) -> AttackResult:
-        x = batch.pixels.detach()
-        can_tell = callable(getattr(objective, "success", None))
-        out_x, out_loss = x.clone(), torch.full((len(x),), -math.inf, device=x.device)
-        out_succ: Tensor | None = torch.zeros(len(x), dtype=torch.bool, device=x.device) if can_tell else None
-        queries = 0
-        for member in self.members:
-            alive = None if out_succ is None else ~out_succ
-            if alive is not None and not bool(alive.any()):
-                break
-            sub = batch if alive is None else batch.select(alive)
-            obj = self.member_objective(member, objective)
-            res = member.perturb(model, sub, member.prepare(model, sub, obj), generator=generator)
-            queries += res.queries
-            with torch.no_grad():  # fp32 verdict and the task objective, comparable across members
-                loss = objective(model, res.pixels, sub).float()
-                succ = objective.success(model, res.pixels, sub) if can_tell else None  # type: ignore[attr-defined]
-            out_x, out_loss, out_succ = merge(out_x, out_loss, out_succ, RunResult(res.pixels, loss, succ), alive)
-        return AttackResult(out_x.detach(), out_loss, queries)
+        runs = [(m, self.member_objective(m, objective)) for m in self.members]
+        return run_in_sequence(model, batch, objective, runs, generator)
 
     def describe(self) -> dict[str, Any]:
         return {"norm": self.norm, "eps": float(self.eps or 0.0), "steps": self.steps}
+
+
+def run_in_sequence(model: Any, batch: Batch, objective: Objective, runs: list[tuple[Attack, Objective]],
+                    generator: torch.Generator) -> AttackResult:
+    """Per-sample worst case of ``(attack, the objective it maximises)`` runs, in order, each on the
+    samples still standing when ``objective`` can tell success. Every run's result is judged by
+    ``objective`` itself, in fp32, so runs with different losses are comparable."""
+    x = batch.pixels.detach()
+    can_tell = callable(getattr(objective, "success", None))
+    queries = 0
+
+    def runner(attack: Attack, obj: Objective) -> Callable[[Tensor | None], RunResult]:
+        def run(alive: Tensor | None) -> RunResult:
+            nonlocal queries
+            sub = batch if alive is None else batch.select(alive)
+            res = attack.perturb(model, sub, attack.prepare(model, sub, obj), generator=generator)
+            queries += res.queries
+            with torch.no_grad():
+                loss = objective(model, res.pixels, sub).float()
+                if not can_tell:
+                    return RunResult(res.pixels, loss, None)
+                succ = objective.success(model, res.pixels, sub)  # type: ignore[attr-defined]
+                return RunResult(res.pixels, loss, succ)
+        return run
+
+    out, _ = fold_worst_case(x, (runner(a, o) for a, o in runs))
+    return AttackResult(out.pixels.detach(), out.loss, queries)

@@ -10,9 +10,13 @@ Robustness", arXiv 2402.03627 [PAPER]. The paper's exact loss, K and numbers are
 - Variant B, top-K restricted softmax: ``L_B = -z_y + log sum_{j in T_K(z) ∪ {y}} exp z_j``.
 - Mixing: ``L = (1 - beta) CE + beta L_{A|B}`` [BENCH beta = 1].
 
-``T_K`` is computed under no_grad (a fixed index set for autograd) [DERIVED]. Only CLIP zero-shot
-logits are supported (``families = {clip}``); the token-level LLaVA / BLIP-2 variant of 3.1 is not
-implemented in this version.
+``T_K`` is computed under no_grad (a fixed index set for autograd) [DERIVED].
+
+Families: CLIP (zero-shot logits over the class prompts; the vision tower trains) and LLaVA /
+BLIP-2 (token-level: PRSL on the teacher-forced next-token logits over the vocabulary at every
+answer position, summed per answer; the image side trains, the LM stays frozen, see
+``vlm_finetune``). The adversarial examples of the generative loop are linf PGD on the NLL of the
+reference answer, the same objective as the suite's untargeted generative attack.
 """
 
 from __future__ import annotations
@@ -23,10 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustbench_mm.attacks.objectives import ClassifierObjective
+from pathlib import Path
+
+from robustbench_mm.attacks.objectives import ClassifierObjective, LMObjective
 from robustbench_mm.attacks.pgd import PGD
 from robustbench_mm.defenses.base import DEFENSES
-from robustbench_mm.defenses.training import ClipFinetuneDefense, zero_shot_eval
+from robustbench_mm.defenses.training import ClipFinetuneDefense, model_source, recorded_hash, zero_shot_eval
+from robustbench_mm.defenses.vlm_finetune import image_side_parameters, load_vlm_weights, save_vlm_weights, vqa_eval
 from robustbench_mm.errors import ConfigError
 from robustbench_mm.tasks.bundled import FMNIST_CLASSES
 from robustbench_mm.types import Batch
@@ -97,29 +104,62 @@ class TopKRecentralizedSoftmax(ClipFinetuneDefense):
             here because the benchmark attacks with PGD [BENCH]).
         eps, pgd_steps: linf budget and steps of the training attack (step 2.5 eps / steps).
         template: class prompt template (the bundled task's) [BENCH].
+        vqa_prompt: LLaVA / BLIP-2 question whose answer (the class name) is trained [BENCH].
+        K_tokens: top-K size over the LM vocabulary (3.1 token-level default 10 [BENCH]).
+        tune_vision_tower: LLaVA / BLIP-2: train the vision encoder too, not only the projector
+            side (3.1's switch; on by default because only the encoder sees the perturbation first).
         steps, batch_size, lr, weight_decay, warmup, seed: optimisation [BENCH, CPU budget].
         ckpt_every, log_every: checkpoint / log period in steps.
         eval_n, eval_steps: bundled eval images and PGD steps measured for the card.
     """
 
     towers = ("vision",)
+    families = frozenset({"clip", "llava", "blip2"})
+    # PRSL compresses the top-K gaps inside the loss, so training enlarges the raw margins ~1/(1-gamma):
+    # the softmax saturates and CE attacks can see vanishing gradients -> the runner adds a margin loss
+    rescales_logits = True
 
     def __init__(self, *, variant: Literal["A", "B"] = "A", K: int = 5, gamma: float = 0.5, beta: float = 1.0,
                  adversarial: bool = True, eps: float = 4 / 255, pgd_steps: int = 3,
-                 template: str = "a photo of a {c}", steps: int = 300, batch_size: int = 64, lr: float = 1e-4,
+                 template: str = "a photo of a {c}", vqa_prompt: str = "What is this?", K_tokens: int = 10,
+                 tune_vision_tower: bool = True, steps: int = 300, batch_size: int = 64, lr: float = 1e-4,
                  weight_decay: float = 0.1, warmup: int = 20, seed: int = 0, ckpt_every: int = 50,
                  log_every: int = 10, eval_n: int = 500, eval_steps: int = 10) -> None:
         if not 0 <= gamma < 1:
             raise ConfigError(f"gamma={gamma} must be in [0, 1)")
-        if K < 1 or steps < 1 or batch_size < 1:
+        if K < 1 or K_tokens < 1 or steps < 1 or batch_size < 1:
             raise ConfigError(f"K={K}, steps={steps}, batch_size={batch_size} must be positive")
         self._record(locals())
 
     def class_prompts(self) -> list[str]:
         return [self.template.format(c=c) for c in FMNIST_CLASSES]
 
+    # -- LLaVA / BLIP-2: the image side trains, weights saved with save_pretrained --
+    def prepare(self, model: Any) -> nn.Module:
+        if model.family == "clip":
+            return super().prepare(model)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in image_side_parameters(model, vision_tower=self.tune_vision_tower):
+            p.requires_grad_(True)
+        return model.model  # type: ignore[no-any-return]
+
+    def export(self, model: Any, module: nn.Module, out: Path) -> None:
+        if model.family == "clip":
+            return super().export(model, module, out)
+        save_vlm_weights(model, out, model_source(model))
+
+    def load_trained(self, model: Any, path: Path) -> Any:
+        if model.family == "clip":
+            return super().load_trained(model, path)
+        load_vlm_weights(model, path)
+        model.revision = f"{getattr(model, 'revision', '')}+{self.name}:{recorded_hash(path)[:8]}"
+        return model.freeze()
+
     def train_step(self, model: Any, module: nn.Module, x: Tensor, y: Tensor, step: int,
                    gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        if model.family != "clip":
+            return self.token_step(model, x, y, gen)
         prompts = self.class_prompts()
         if self.adversarial:
             x = pgd_examples(model, x, y, prompts, self.eps, self.pgd_steps, gen)
@@ -128,8 +168,34 @@ class TopKRecentralizedSoftmax(ClipFinetuneDefense):
         acc = float((logits.argmax(1) == y).float().mean())
         return loss, {"adv_acc" if self.adversarial else "acc": acc}
 
+    def token_step(self, model: Any, x: Tensor, y: Tensor, gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        """Token-level PRSL on the answer of the VQA prompt (``vqa_prompt`` -> the class name)."""
+        prompts = [self.vqa_prompt] * len(y)
+        answers = [FMNIST_CLASSES[int(c)] for c in y]
+        if self.adversarial:
+            batch = Batch(pixels=x, labels=y, index=torch.arange(len(x)), prompts=prompts, answers=answers)
+            attack = PGD(norm="linf", eps=self.eps, steps=self.pgd_steps, step_size=2.5 * self.eps / self.pgd_steps)
+            x = attack.perturb(model, batch, LMObjective(targeted=False), generator=gen).pixels.detach()
+        logits, labels = model.lm_logits(x, prompts, answers)
+        loss = token_prsl(logits, labels, self.variant, self.K_tokens, self.gamma, self.beta)
+        with torch.no_grad():  # teacher-forced token accuracy on the answer (a cheap readout)
+            shifted = labels[:, 1:]
+            keep = shifted != -100
+            hit = (logits[:, :-1].argmax(-1) == shifted) | ~keep
+            acc = float(hit.all(1).float().mean())
+        return loss, {"adv_token_acc" if self.adversarial else "token_acc": acc}
+
     def measure(self, model: Any, module: nn.Module) -> dict[str, float]:
+        if model.family != "clip":
+            return vqa_eval(model, n=self.eval_n, eps=self.eps, steps=self.eval_steps)
         return zero_shot_eval(model, n=self.eval_n, eps=self.eps, steps=self.eval_steps)
+
+
+def token_prsl(logits: Tensor, labels: Tensor, variant: str, K: int, gamma: float, beta: float) -> Tensor:
+    """PRSL over next-token logits ``[B,L,V]`` with labels ``[B,L]`` (label at t = token t, scored
+    from position t-1; -100 = not scored), averaged over answer tokens (methods.md 3.1)."""
+    z, t = logits[:, :-1], labels[:, 1:]
+    return prsl_loss(z.reshape(-1, z.shape[-1]), t.reshape(-1), variant, K, gamma, beta, reduction="mean")
 
 
 def pgd_examples(model: Any, x: Tensor, y: Tensor, prompts: list[str], eps: float, steps: int,

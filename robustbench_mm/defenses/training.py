@@ -135,7 +135,7 @@ def save_checkpoint(path: Path, module: nn.Module, optimizers: dict[str, torch.o
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}, str(tmp / "weights.safetensors"))
+    save_file(unshared(module.state_dict()), str(tmp / "weights.safetensors"))
     tensors: dict[str, Tensor] = {}
     meta: dict[str, Any] = {"step": step, "extra": extra, "optimizers": {}}
     for name, opt in optimizers.items():
@@ -153,6 +153,18 @@ def save_checkpoint(path: Path, module: nn.Module, optimizers: dict[str, torch.o
     (tmp / "state.json").write_text(json.dumps(meta, default=float))
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
+
+
+def unshared(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """CPU copies safetensors accepts: tied weights (an LM head sharing the embedding) are stored
+    twice rather than refused; ``load_state_dict`` ties them again."""
+    out, seen = {}, set()
+    for k, v in state.items():
+        v = v.detach().contiguous().cpu()
+        key = (v.data_ptr(), v.shape)
+        out[k] = v.clone() if key in seen else v
+        seen.add(key)
+    return out
 
 
 def load_checkpoint(path: Path, module: nn.Module, optimizers: dict[str, torch.optim.Optimizer]) -> tuple[int, dict[str, Any]]:

@@ -69,6 +69,11 @@ class VLM(nn.Module, ABC):
         """Teacher-forced NLL of ``targets`` given image and prompt, summed over tokens, ``[B]``."""
         raise self._missing("lm_loss")
 
+    def lm_logits(self, pixels: Tensor, prompts: Sequence[str], targets: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """Teacher-forced token logits ``[B,L,V]`` and next-token labels ``[B,L]`` (-100 where not
+        scored; position t's label is the token at t): what token-level training losses need."""
+        raise self._missing("lm_logits")
+
     def logprob(self, pixels: Tensor, prompts: Sequence[str], targets: Sequence[str]) -> Tensor:
         """Log-probability of each target string, ``[B]`` (= -lm_loss)."""
         return -self.lm_loss(pixels, prompts, targets)

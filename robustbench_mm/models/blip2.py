@@ -90,6 +90,10 @@ class Blip2Adapter(VLM):
         return torch.cat([feats.to(text_emb.dtype), text_emb], 1), torch.cat([ones, mask], 1)
 
     def lm_loss(self, pixels: Tensor, prompts: Sequence[str], targets: Sequence[str]) -> Tensor:
+        return sequence_nll(*self.lm_logits(pixels, prompts, targets))
+
+    def lm_logits(self, pixels: Tensor, prompts: Sequence[str], targets: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """Teacher-forced token logits ``[B,Q+L,V]`` and labels (-100 outside the target)."""
         prompts, targets = _broadcast(pixels, prompts), _broadcast(pixels, targets)
         feats = self.vision_features(pixels)
         ids, mask, labels = prompt_target_batch(self.tokenizer, [self.format_prompt(p) for p in prompts], targets,
@@ -98,7 +102,7 @@ class Blip2Adapter(VLM):
         labels = torch.cat([torch.full((ids.shape[0], self.num_query_tokens), -100, dtype=labels.dtype,
                                        device=labels.device), labels], 1)
         out = self.model.language_model(inputs_embeds=emb, attention_mask=full_mask, use_cache=False)
-        return sequence_nll(out.logits, labels)
+        return out.logits, labels
 
     @torch.no_grad()
     def generate(self, pixels: Tensor, prompts: Sequence[str], max_new_tokens: int = 16) -> list[str]:

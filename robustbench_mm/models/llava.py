@@ -84,13 +84,17 @@ class LlavaAdapter(VLM):
         return splice_image_features(emb, ids == self.image_token_id, feats)
 
     # ---- heads ---------------------------------------------------------------------------
-    def lm_loss(self, pixels: Tensor, prompts: Sequence[str], targets: Sequence[str]) -> Tensor:
+    def lm_logits(self, pixels: Tensor, prompts: Sequence[str], targets: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """Teacher-forced token logits ``[B,L,V]`` and labels ``[B,L]`` (-100 outside the target)."""
         prompts, targets = _broadcast(pixels, prompts), _broadcast(pixels, targets)
         feats = self.vision_features(pixels)
         ids, mask, labels = prompt_target_batch(self.tokenizer, [self.format_prompt(p) for p in prompts], targets,
                                                 pixels.device)
         out = self.model(inputs_embeds=self._embed(ids, feats), attention_mask=mask, use_cache=False)
-        return sequence_nll(out.logits, labels)
+        return out.logits, labels
+
+    def lm_loss(self, pixels: Tensor, prompts: Sequence[str], targets: Sequence[str]) -> Tensor:
+        return sequence_nll(*self.lm_logits(pixels, prompts, targets))
 
     @torch.no_grad()
     def generate(self, pixels: Tensor, prompts: Sequence[str], max_new_tokens: int = 16) -> list[str]:

@@ -7,7 +7,9 @@ import inspect
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from robustbench_mm.attacks.adaptive import WithMarginLoss, needs_margin
 from robustbench_mm.attacks.base import ATTACKS, Attack
+from robustbench_mm.attacks.objectives import has_logits
 from robustbench_mm.defenses.base import DEFENSES, Defense
 from robustbench_mm.errors import CapabilityError, ConfigError
 from robustbench_mm.models.zoo import ModelEntry, entry_for, resolve_model_name
@@ -101,6 +103,7 @@ def resolve(spec: CellSpec) -> ResolvedCell:
     attack_preset, attack = adaptive_eot(attack_preset, attack, defense)
     task = _build(TASKS.get(task_preset.impl), task_preset)
     _check_compatible(entry, defense, task)
+    attack_preset, attack = adaptive_margin(attack_preset, attack, defense, task)
     certify = defense.certifies if spec.certify is None else spec.certify
     if certify and not defense.certifies:
         raise ConfigError(f"--certify: defense {defense.name!r} has no certificate (use fs or fs-psm)")
@@ -126,6 +129,21 @@ def adaptive_eot(preset: Preset, attack: Attack, defense: Defense) -> tuple[Pres
         return preset, attack
     preset = replace(preset, name=f"{preset.name}+eot{n_eot}", params={**preset.params, "eot": n_eot})
     return preset, _build(cls, preset)
+
+
+def adaptive_margin(preset: Preset, attack: Attack, defense: Defense, task: Task) -> tuple[Preset, Attack]:
+    """Design 'Trust': against a defense that changes the logits' scale (``rescales_logits``), an
+    untargeted classification attack without a margin-type loss also runs with the margin loss on
+    the samples it left standing (``attacks.adaptive.WithMarginLoss``), named ``<attack>+margin``."""
+    if not defense.rescales_logits or attack.norm is None:
+        return preset, attack
+    objective = task.objective(getattr(attack, "loss", None))
+    if not needs_margin(attack, has_logits(objective)):
+        return preset, attack
+    preset = replace(preset, name=f"{preset.name}+margin")
+    wrapped = WithMarginLoss(attack)
+    wrapped.name = preset.name
+    return preset, wrapped
 
 
 def _build(cls: Any, preset: Preset) -> Any:
