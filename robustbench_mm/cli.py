@@ -62,6 +62,7 @@ DtypeOpt = Annotated[str, typer.Option("--dtype", help="fp32 or bf16 (attack sea
 OutOpt = Annotated[str, typer.Option("--out", help="Result store directory.")]
 PickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="Allow pickle checkpoints (.bin/.pt): runs code.")]
 RemoteOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow Hugging Face remote code.")]
+CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the vision path and LM for the attack loop.")]
 
 
 @app.command()
@@ -71,13 +72,13 @@ def run(model: Model, attack: AttackOpt = "pgd", defense: DefenseOpt = "none", t
         out: OutOpt = "results/runs/default",
         force: Annotated[bool, typer.Option("--force", help="Recompute even if the store has the cell.")] = False,
         certify: Annotated[Optional[bool], typer.Option("--certify/--no-certify")] = None,
-        allow_pickle: PickleOpt = False, trust_remote_code: RemoteOpt = False) -> None:
+        allow_pickle: PickleOpt = False, trust_remote_code: RemoteOpt = False, compile: CompileOpt = False) -> None:
     """Run one cell (model x attack x defense x task) and write its rows to the store."""
     from robustbench_mm import api
 
     spec = _spec(model, attack, defense, task, eps=eps, norm=norm, steps=steps, n=n, seed=seed,
                  batch_size=batch_size, device=device, dtype=dtype, certify=certify, allow_pickle=allow_pickle,
-                 trust_remote_code=trust_remote_code)
+                 trust_remote_code=trust_remote_code, compile=compile)
     with _progress(1, "cell") as bar:
         job = bar.add_task(f"{model} / {attack} / {defense}", total=n)
         summary = api.run_cell(spec, out=out, force=force, progress=lambda k: bar.advance(job, k))
@@ -96,7 +97,7 @@ def grid(preset: Annotated[Optional[str], typer.Option("--preset", help="Grid pr
          address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address, e.g. auto.")] = None,
          out: OutOpt = "results/runs/default",
          force: Annotated[bool, typer.Option("--force")] = False,
-         allow_pickle: PickleOpt = False, trust_remote_code: RemoteOpt = False) -> None:
+         allow_pickle: PickleOpt = False, trust_remote_code: RemoteOpt = False, compile: CompileOpt = False) -> None:
     """Run the product of models x attacks x defenses x tasks (or a grid preset); resumable."""
     from robustbench_mm import api
     from robustbench_mm.errors import ConfigError
@@ -110,7 +111,8 @@ def grid(preset: Annotated[Optional[str], typer.Option("--preset", help="Grid pr
         raise ConfigError("grid needs --preset NAME or --models a,b (see `mmrobust grid --help`)")
     split = lambda s: tuple(x.strip() for x in s.split(",") if x.strip())  # noqa: E731
     spec = _spec("", "pgd", "none", None, eps=eps, norm=norm, steps=steps, n=n, seed=seed, batch_size=batch_size,
-                 device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+                 device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+                 compile=compile)
     adhoc = None if preset else GridSpec(split(models or ""), split(attacks), split(defenses),
                                          split(tasks) if tasks else (None,))
     cells = api.plan_grid(adhoc, preset, spec)

@@ -122,6 +122,43 @@ class ClassifierObjective(LogitsObjectiveMixin):
 
 
 @dataclass
+class AnswerLogitsObjective(LogitsObjectiveMixin):
+    """A generative model as a closed-set classifier: the logits ``[B,C]`` of the first token of
+    each class name at the answer position of ``prompt`` (one forward pass, teacher-forced).
+    Lets classification attacks (and torchattacks, through ``LogitsModule``) run on LLaVA / BLIP-2
+    with the same loss on both sides; the class names' first tokens must be distinct."""
+
+    prompt: str
+    classes: Sequence[str]
+    loss: str = "ce"
+    targeted: bool = False
+
+    def logits(self, model: Any, pixels: Tensor) -> Tensor:
+        first = answer_first_tokens(model, self.prompt, self.classes)
+        n = len(pixels)
+        logits, labels = model.lm_logits(pixels, [self.prompt] * n, [self.classes[0]] * n)
+        start = (labels != -100).int().argmax(dim=1)  # first answer token; its logits sit one step before
+        rows = logits[torch.arange(n, device=logits.device), start - 1]
+        return rows[:, first.to(rows.device)].float()
+
+    def __call__(self, model: Any, pixels: Tensor, batch: Batch) -> Tensor:
+        return self._from_logits(self.logits(model, pixels), batch)
+
+
+def answer_first_tokens(model: Any, prompt: str, classes: Sequence[str]) -> Tensor:
+    """Token id that starts each class name when it answers ``prompt`` (as ``lm_logits`` tokenises it)."""
+    from robustbench_mm.models.llava import prompt_target_batch
+
+    ids = []
+    for c in classes:
+        _, _, labels = prompt_target_batch(model.tokenizer, [model.format_prompt(prompt)], [c], "cpu")
+        ids.append(int(labels[0][labels[0] != -100][0]))
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"class names {list(classes)} share first tokens {ids}; answer logits cannot tell them apart")
+    return torch.tensor(ids)
+
+
+@dataclass
 class FeatureCosineObjective:
     """Untargeted embedding attack: ``1 - cos(f(x'), f(x))`` with ``f`` the model's vision features.
 

@@ -83,6 +83,21 @@ class VLM(nn.Module, ABC):
         raise self._missing("generate")
 
     # ---- helpers ---------------------------------------------------------------------------
+    def language_model(self) -> nn.Module | None:
+        """The language model the heads run (None for CLIP): what ``compile_for_attacks`` compiles."""
+        return None
+
+    def compile_for_attacks(self, mode: str | None = None) -> "VLM":
+        """``torch.compile`` the tensor-heavy parts attacks call every step: the vision path
+        (``raw_vision_features``, a pure function of pixels) and the language model, if any.
+        Tokenisation and prompt handling stay eager. Numbers match eager up to float reordering."""
+        self.raw_vision_features = torch.compile(self.raw_vision_features, mode=mode)  # type: ignore[method-assign]
+        lm = self.language_model()
+        if lm is not None:
+            lm.compile(mode=mode)
+        self.compiled = True
+        return self
+
     def freeze(self) -> "VLM":
         """Eval mode and no parameter gradients: attacks only need input gradients."""
         self.eval()

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from robustbench_mm.errors import WeightsError
 from robustbench_mm.models.base import VLM, normalize_pixels
@@ -53,6 +53,9 @@ class Blip2Adapter(VLM):
         self.num_query_tokens = int(model.config.num_query_tokens)
         idx = model.config.image_token_index
         self.image_token_id = None if idx is None else int(idx)
+
+    def language_model(self) -> nn.Module | None:
+        return getattr(self.model, "language_model", None)
 
     def raw_vision_features(self, pixels: Tensor) -> Tensor:
         x = normalize_pixels(pixels.to(self.model.dtype), self.mean, self.std)

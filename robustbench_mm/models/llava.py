@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from robustbench_mm.errors import WeightsError
 from robustbench_mm.models.base import VLM, normalize_pixels
@@ -54,6 +54,9 @@ class LlavaAdapter(VLM):
         self.num_image_tokens = n + (1 if cfg.vision_feature_select_strategy == "full" else 0)
 
     # ---- vision --------------------------------------------------------------------------
+    def language_model(self) -> nn.Module | None:
+        return getattr(self.model, "language_model", None)
+
     def raw_vision_features(self, pixels: Tensor) -> Tensor:
         x = normalize_pixels(pixels.to(self.model.dtype), self.mean, self.std)
         cfg = self.model.config

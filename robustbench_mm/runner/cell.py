@@ -60,6 +60,8 @@ def run_cell(spec: CellSpec | ResolvedCell, *, store: ResultStore, force: bool =
     model = load_model(cell.model_name, LoadOptions(device=str(device), dtype="fp32",
                                                     allow_pickle=cell.spec.allow_pickle,
                                                     trust_remote_code=cell.spec.trust_remote_code))
+    if cell.spec.compile:
+        model.compile_for_attacks()
     try:
         tables = evaluate(cell, model, device, progress)
         status, error = "ok", ""
@@ -269,7 +271,8 @@ def summary_row(cell: ResolvedCell, model: Any, device: torch.device, tables: di
         "queries": int(getattr(cell.attack, "steps", 0) or 0) * int(getattr(cell.attack, "restarts", 1) or 1),
         "wall_s": wall, "samples_per_s": n / wall if wall > 0 else nan,
         "device": provenance.device_name(device), "dtype": cell.spec.dtype,
-        "precision_policy": f"search={getattr(cell.attack, 'search_dtype', 'fp32')},verdict=fp32",
+        "precision_policy": f"search={getattr(cell.attack, 'search_dtype', 'fp32')},verdict=fp32"
+                            + (",compiled" if cell.spec.compile else ""),
         "status": status, "error": error, **cell_sanity(cell, samples, ok),
         "created_at": provenance.now(), "git_commit": provenance.git_commit(),
         "versions": provenance.versions_json(), "model_revision": getattr(model, "revision", ""),

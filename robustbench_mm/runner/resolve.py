@@ -13,7 +13,7 @@ from robustbench_mm.attacks.objectives import has_logits
 from robustbench_mm.defenses.base import DEFENSES, Defense
 from robustbench_mm.errors import CapabilityError, ConfigError
 from robustbench_mm.models.zoo import ModelEntry, entry_for, resolve_model_name
-from robustbench_mm.presets import Preset, load_preset, stable_hash
+from robustbench_mm.presets import Preset, load_preset, load_raw, stable_hash
 from robustbench_mm.runner.store import SCHEMA_VERSION
 from robustbench_mm.tasks.base import TASKS, Task
 
@@ -45,6 +45,7 @@ class CellSpec:
     certify: bool | None = None
     allow_pickle: bool = False  # load-time permissions: not part of the cell's identity
     trust_remote_code: bool = False
+    compile: bool = False  # torch.compile for speed: an execution option like device, not identity
 
 
 @dataclass
@@ -95,6 +96,8 @@ def resolve(spec: CellSpec) -> ResolvedCell:
     model_name = resolve_model_name(spec.model)
     entry = entry_for(model_name)
     overrides = {"eps": spec.eps, "steps": spec.steps, "norm": spec.norm}
+    if spec.dtype == "bf16":  # --dtype bf16: the search runs under bf16 autocast; verdicts stay fp32
+        overrides["search_dtype"] = "bf16"
     attack_preset = load_preset("attack", spec.attack, ATTACKS, _attack_overrides(spec.attack, overrides))
     defense_preset = load_preset("defense", spec.defense, DEFENSES)
     task_preset = load_preset("task", spec.task or DEFAULT_TASKS[entry.family], TASKS)
@@ -114,8 +117,17 @@ def resolve(spec: CellSpec) -> ResolvedCell:
 
 
 def _attack_overrides(attack: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """CLI budget flags apply to attacks that have a budget; the clean 'none' ignores them."""
-    return {} if attack == "none" else overrides
+    """CLI budget flags apply to attacks that have a budget; the clean 'none' ignores them.
+    ``search_dtype`` applies where the attack implements it (others record ``search=fp32``)."""
+    if attack == "none":
+        return {}
+    if "search_dtype" in overrides:
+        _, data = load_raw("attack", attack)
+        impl = data.get("impl")
+        if not (isinstance(impl, str) and impl in ATTACKS
+                and "search_dtype" in inspect.signature(ATTACKS.get(impl)).parameters):
+            overrides = {k: v for k, v in overrides.items() if k != "search_dtype"}
+    return overrides
 
 
 def adaptive_eot(preset: Preset, attack: Attack, defense: Defense) -> tuple[Preset, Attack]:
