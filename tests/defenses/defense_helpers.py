@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 
-def shipped(defense_name: str):  # type: ignore[no-untyped-def]
-    """The preset's defense and clip-tiny with the shipped weights (never trains in tests)."""
+def shipped(defense_name: str, model_name: str = "clip-tiny"):  # type: ignore[no-untyped-def]
+    """The preset's defense and the model with the shipped weights (never trains in tests)."""
     from robustbench_mm.defenses.base import DEFENSES
     from robustbench_mm.defenses.training import SHIPPED_DIR
     from robustbench_mm.models.zoo import load_model
@@ -14,7 +14,7 @@ def shipped(defense_name: str):  # type: ignore[no-untyped-def]
     _register_all()
     defense = _build(DEFENSES.get(load_preset("defense", defense_name, DEFENSES).impl),
                      load_preset("defense", defense_name, DEFENSES))
-    model = load_model("clip-tiny")
+    model = load_model(model_name)
     path = defense.weights_dir(model)
     assert path.parent == SHIPPED_DIR, f"shipped weights of {defense_name} missing or stale; run scripts/train_defenses.py"
     return defense, defense.apply(model)

@@ -154,3 +154,58 @@ def test_shipped_topk_rs_weights_are_robust() -> None:
     ours = zero_shot_eval(defended, n=100, eps=4 / 255, steps=10)
     assert ours["robust_accuracy"] >= base["robust_accuracy"] + 0.15
     assert ours["clean_accuracy"] >= base["clean_accuracy"] - 0.10
+
+
+# ---- token level (LLaVA / BLIP-2) ------------------------------------------------------------
+def test_token_prsl_is_ce_over_answer_tokens_at_gamma_zero() -> None:
+    from robustbench_mm.defenses.topk_softmax import token_prsl
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 6, 20, generator=g)
+    labels = torch.full((3, 6), -100)
+    labels[:, 3:5] = torch.randint(0, 20, (3, 2), generator=g)  # two answer tokens per row
+    ce = F.cross_entropy(logits[:, :-1].reshape(-1, 20), labels[:, 1:].reshape(-1), ignore_index=-100)
+    assert torch.allclose(token_prsl(logits, labels, "A", K=10, gamma=0.0, beta=1.0), ce)
+    assert token_prsl(logits, labels, "A", K=10, gamma=0.5, beta=1.0) > ce  # top-K compression raises it
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["llava-tiny", "blip2-tiny"])
+def test_token_level_training_changes_only_the_image_side_and_reloads(name: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    _needs_train_data()
+    from transformers import Blip2ForConditionalGeneration, LlavaForConditionalGeneration
+
+    from robustbench_mm.models.zoo import load_model
+
+    base = load_model(name)
+    before = {k: v.clone() for k, v in base.model.state_dict().items()}
+    d = _tiny(steps=2, eval_n=8, eval_steps=1, lr=1e-2)
+    record = d.fit(base, tmp_path / "w")
+    assert set(record["metrics"]) >= {"clean_accuracy", "robust_accuracy"}
+    after = base.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(("language_model" not in k) or ("projection" in k) for k in changed), sorted(changed)[:5]
+    # the directory is a normal checkpoint of the model's own class, and the defense reloads it
+    cls = LlavaForConditionalGeneration if name == "llava-tiny" else Blip2ForConditionalGeneration
+    direct = cls.from_pretrained(tmp_path / "w", use_safetensors=True, local_files_only=True)
+    for k, v in direct.state_dict().items():
+        assert torch.equal(v, after[k]), k
+    fresh = d.load_trained(load_model(name), tmp_path / "w")
+    x = torch.rand(2, 3, fresh.image_size, fresh.image_size)
+    assert fresh.generate(x, ["What is this?"] * 2) == base.eval().generate(x, ["What is this?"] * 2)
+    assert "+topk-rs-test:" in fresh.revision
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["llava-tiny", "blip2-tiny"])
+def test_shipped_token_level_topk_rs_is_robust(name: str) -> None:
+    from robustbench_mm.defenses.vlm_finetune import vqa_eval
+    from robustbench_mm.models.zoo import load_model
+
+    from defense_helpers import shipped
+
+    _, defended = shipped("topk-rs", name)
+    base = vqa_eval(load_model(name), n=60, eps=4 / 255, steps=10)
+    ours = vqa_eval(defended, n=60, eps=4 / 255, steps=10)
+    assert ours["robust_accuracy"] >= base["robust_accuracy"] + 0.15, (base, ours)
+    assert ours["clean_accuracy"] >= base["clean_accuracy"] - 0.10, (base, ours)
