@@ -75,9 +75,9 @@ def joint(model_name: str, defense: str, n: int, eps: float, text_eps: float, st
 
 
 def evaluate(models: list[str], defenses: list[str], args: argparse.Namespace) -> dict:
-    eps = 4 / 255
+    eps = 8 / 255  # the training budget of the presets
     out = args.store
-    table: dict = {"budgets": {"linf_eps": "4/255", "pgd_steps": args.pgd_steps, "apgd_steps": args.apgd_steps,
+    table: dict = {"budgets": {"linf_eps": "8/255", "pgd_steps": args.pgd_steps, "apgd_steps": args.apgd_steps,
                                "text_eps": args.text_eps, "joint_steps": 10, "n": args.n, "n_apgd": args.n_apgd,
                                "n_joint": args.n_joint, "n_vlm": args.n_vlm}, "rows": {}}
     zs = [d for d in ["none", *defenses] if d != "crmt"]

@@ -96,19 +96,41 @@ def test_soundness_adaptive_eot_attack_never_beats_fcsb(clip) -> None:  # type: 
     assert checked >= 8
 
 
+def _top_margin_batch(clip, n: int) -> Batch:  # type: ignore[no-untyped-def]
+    """``n`` clean-correct samples (of the first 400) with the largest angle between the predicted
+    and the runner-up class anchor: the ones a prediction certificate can cover at small radii."""
+    import torch.nn.functional as F
+
+    images, labels, _ = fmnist_eval_arrays()
+    x, y = to_model_pixels(images[:400], 32), torch.as_tensor(labels[:400])
+    with torch.no_grad():
+        cos = F.normalize(clip.raw_vision_features(x), dim=-1) @ F.normalize(clip.class_weights(PROMPTS), dim=-1).T
+    angles = torch.arccos(cos.clamp(-1, 1)).sort(dim=1).values
+    gap = torch.where(cos.argmax(1) == y, angles[:, 1] - angles[:, 0], torch.tensor(-1.0))
+    idx = gap.argsort(descending=True)[:n]
+    return Batch(pixels=x[idx], labels=y[idx], index=idx, extra={"class_prompts": tuple(PROMPTS)})
+
+
 @pytest.mark.slow
 def test_certified_accuracy_below_empirical_robust_accuracy(clip) -> None:  # type: ignore[no-untyped-def]
-    d = FeatureSmoothing(sigma=SIGMA, n_inf=16, n0=16, n=256, bound="bernstein")
+    """Design 'Trust': certified accuracy at a radius never exceeds the empirical robust accuracy of
+    an adaptive l2 attack at that radius. With n=4000 estimation samples the Bernstein slack is
+    small enough (~0.01) that the certificate covers confident samples at small radii, so the
+    comparison is not vacuous (with the quick preset's n=256 the slack alone is 0.14)."""
+    d = FeatureSmoothing(sigma=SIGMA, n_inf=16, n0=64, n=4000, bound="bernstein")
     d.name = "fs"
-    b = _batch(10, offset=7)
+    b = _top_margin_batch(clip, 8)
     defended = d.apply(clip)
-    frame = d.certify(defended, b, (0.1,))
-    cert_acc = float(frame[(frame.quantity == "certified_accuracy")]["value"].fillna(0.0).mean())
-    attack = PGD(norm="l2", eps=0.1, steps=10, restarts=1, eot=2, step_size=0.025)
-    res = attack.perturb(defended, b, ClassifierObjective(PROMPTS), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        robust = float((defended.classify(res.pixels, PROMPTS).argmax(1) == b.labels).double().mean())
-    assert cert_acc <= robust
+    frame = d.certify(defended, b, (0.01, 0.05))
+    acc = frame[frame.quantity == "certified_accuracy"].assign(v=lambda f: f["value"].fillna(0.0))
+    cert = acc.groupby("radius")["v"].mean()
+    assert cert[0.01] > 0, cert  # the certificate says something
+    for r in (0.01, 0.05):
+        attack = PGD(norm="l2", eps=r, steps=10, restarts=1, eot=2, step_size=r / 4)
+        res = attack.perturb(defended, b, ClassifierObjective(PROMPTS), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            robust = float((defended.classify(res.pixels, PROMPTS).argmax(1) == b.labels).double().mean())
+        assert cert[r] <= robust, (r, cert[r], robust)
 
 
 def _mean_fcsb(defense: FeatureSmoothing, model, b: Batch, radii: tuple[float, ...]) -> pd.Series:  # type: ignore[no-untyped-def]

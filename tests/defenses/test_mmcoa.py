@@ -140,6 +140,23 @@ def test_shipped_mmcoa_beats_tecoa_under_the_joint_attack() -> None:
     from robustbench_mm.defenses.mmcoa import joint_eval
     from defense_helpers import shipped
 
-    res = {name: joint_eval(shipped(name)[1], n=60, eps_img=4 / 255, text_eps=0.25, steps=5)
-           for name in ("mmcoa", "tecoa")}
+    res = {}
+    for name in ("mmcoa", "tecoa"):
+        d, model = shipped(name)
+        res[name] = joint_eval(model, n=60, eps_img=d.eps, text_eps=d.eval_text_eps, steps=5)
     assert res["mmcoa"]["joint_accuracy"] > res["tecoa"]["joint_accuracy"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mmcoa", "tecoa"])
+def test_shipped_adversarial_finetuning_is_robust(name: str) -> None:
+    """Issue 7: at the training budget, robust accuracy +15pp or more, clean accuracy -10pp at most."""
+    from robustbench_mm.defenses.training import zero_shot_eval
+    from robustbench_mm.models.zoo import load_model
+    from defense_helpers import shipped
+
+    d, defended = shipped(name)
+    base = zero_shot_eval(load_model("clip-tiny"), n=100, eps=d.eps, steps=10)
+    ours = zero_shot_eval(defended, n=100, eps=d.eps, steps=10)
+    assert ours["robust_accuracy"] >= base["robust_accuracy"] + 0.15, (base, ours)
+    assert ours["clean_accuracy"] >= base["clean_accuracy"] - 0.10, (base, ours)

@@ -149,9 +149,9 @@ def test_shipped_topk_rs_weights_are_robust() -> None:
 
     from defense_helpers import shipped
 
-    _, defended = shipped("topk-rs")
-    base = zero_shot_eval(load_model("clip-tiny"), n=100, eps=4 / 255, steps=10)
-    ours = zero_shot_eval(defended, n=100, eps=4 / 255, steps=10)
+    d, defended = shipped("topk-rs")
+    base = zero_shot_eval(load_model("clip-tiny"), n=100, eps=d.eps, steps=10)  # at the training budget
+    ours = zero_shot_eval(defended, n=100, eps=d.eps, steps=10)
     assert ours["robust_accuracy"] >= base["robust_accuracy"] + 0.15
     assert ours["clean_accuracy"] >= base["clean_accuracy"] - 0.10
 
@@ -204,8 +204,8 @@ def test_shipped_token_level_topk_rs_is_robust(name: str) -> None:
 
     from defense_helpers import shipped
 
-    _, defended = shipped("topk-rs", name)
-    base = vqa_eval(load_model(name), n=60, eps=4 / 255, steps=10)
-    ours = vqa_eval(defended, n=60, eps=4 / 255, steps=10)
+    d, defended = shipped("topk-rs", name)
+    base = vqa_eval(load_model(name), n=60, eps=d.eps, steps=10)  # at the training budget
+    ours = vqa_eval(defended, n=60, eps=d.eps, steps=10)
     assert ours["robust_accuracy"] >= base["robust_accuracy"] + 0.15, (base, ours)
     assert ours["clean_accuracy"] >= base["clean_accuracy"] - 0.10, (base, ours)
