@@ -111,9 +111,11 @@ def test_crmt_rejects_llava_with_one_clear_line() -> None:
     from robustbench_mm.errors import CapabilityError
     from robustbench_mm.runner.resolve import CellSpec, resolve
 
-    for defense in ("crmt", "mmcoa", "topk-rs"):
+    for defense in ("crmt", "mmcoa", "tecoa"):
         with pytest.raises(CapabilityError, match="does not apply to llava"):
             resolve(CellSpec(model="llava-tiny", defense=defense))
+    # top-K RS has a token-level variant for the generative families
+    assert resolve(CellSpec(model="llava-tiny", defense="topk-rs")).defense.name == "topk-rs"
 
 
 # ---- the CRMT defense on the bundled clip-tiny + multimodal task ----------------------------------
