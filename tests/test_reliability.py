@@ -101,13 +101,17 @@ def _rows(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 def test_sigkill_mid_grid_then_resume_loses_nothing(random_clip_dir: Path, shapes_task: Path, tmp_path: Path) -> None:
     ref_out, out = tmp_path / "ref", tmp_path / "killed"
     subprocess.run(_grid_cmd(random_clip_dir, shapes_task, ref_out), check=True, capture_output=True, timeout=600)
+    start = time.monotonic()  # a second, warm run times the grid: kill times scale with it, so kills land
+    subprocess.run(_grid_cmd(random_clip_dir, shapes_task, tmp_path / "warm"), check=True, capture_output=True,
+                   timeout=600)
+    full = time.monotonic() - start
     rng = random.Random(0)
     kills = 0
     for _ in range(12):
         proc = subprocess.Popen(_grid_cmd(random_clip_dir, shapes_task, out), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         try:
-            proc.wait(timeout=rng.uniform(4.0, 9.0))
+            proc.wait(timeout=rng.uniform(0.35, 0.8) * full)
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
