@@ -88,12 +88,10 @@ def run_in_sequence(model: Any, batch: Batch, objective: Objective, runs: list[t
             sub = batch if alive is None else batch.select(alive)
             res = attack.perturb(model, sub, attack.prepare(model, sub, obj), generator=generator)
             queries += res.queries
-            with torch.no_grad():
+            with torch.no_grad():  # fp32 verdict and the task objective, comparable across runs
                 loss = objective(model, res.pixels, sub).float()
-                if not can_tell:
-                    return RunResult(res.pixels, loss, None)
-                succ = objective.success(model, res.pixels, sub)  # type: ignore[attr-defined]
-                return RunResult(res.pixels, loss, succ)
+                succ = objective.success(model, res.pixels, sub) if can_tell else None  # type: ignore[attr-defined]
+            return RunResult(res.pixels, loss, succ)
         return run
 
     out, _ = fold_worst_case(x, (runner(a, o) for a, o in runs))
