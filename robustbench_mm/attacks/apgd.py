@@ -20,7 +20,7 @@ non-true classes of the clean logits in turn, on the samples still standing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, NamedTuple
+from typing import Any, Callable, Literal
 
 import torch
 from torch import Tensor
@@ -28,38 +28,12 @@ from torch import Tensor
 from robustbench_mm.attacks.base import ATTACKS, Attack, check_threat, project
 from robustbench_mm.attacks.guard import check_valid
 from robustbench_mm.attacks.objectives import ModuleObjective, has_logits
-from robustbench_mm.attacks.pgd import autocast_context
+from robustbench_mm.attacks.evaluation import evaluate
 from robustbench_mm.attacks.worst_case import RunResult, fold_worst_case, rows_like
 from robustbench_mm.errors import CapabilityError, ConfigError
 from robustbench_mm.types import AttackResult, Batch, Norm, Objective
 
 LossName = Literal["ce", "dlr", "margin"]
-
-
-class Evaluation(NamedTuple):
-    """Objective ``[B]`` (mean over EOT draws), its input gradient, success ``bool[B]`` or None."""
-
-    loss: Tensor
-    grad: Tensor
-    success: Tensor | None
-
-
-def evaluate(model: Any, x: Tensor, batch: Batch, objective: Objective, eot: int, search_dtype: str) -> Evaluation:
-    """One forward+backward per EOT draw; success must hold in every draw to count."""
-    x = x.detach().requires_grad_(True)
-    fn = getattr(objective, "loss_and_success", None)
-    total = torch.zeros(len(x), device=x.device)
-    success: Tensor | None = None
-    for _ in range(eot):
-        with autocast_context(x.device, search_dtype):
-            if fn is not None:
-                loss, s = fn(model, x, batch)
-                success = s if success is None else success & s
-            else:
-                loss = objective(model, x, batch)
-        total = total + loss.float()
-    grad = torch.autograd.grad(total.sum(), x)[0] / eot
-    return Evaluation((total / eot).detach(), grad.detach(), success)
 
 
 def boundary_start(x: Tensor, norm: Norm, eps: float, generator: torch.Generator,

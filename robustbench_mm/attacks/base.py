@@ -7,10 +7,10 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustbench_mm.attacks.guard import check_valid
+from robustbench_mm.attacks.objectives import ModuleObjective
 from robustbench_mm.errors import ConfigError
 from robustbench_mm.registry import Registry
 from robustbench_mm.types import AttackResult, Batch, Norm, Objective
@@ -55,12 +55,8 @@ class Attack(ABC):
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         """torchattacks-style: untargeted cross-entropy on ``model(x)`` logits; returns ``x_adv``."""
-
-        def objective(m: Any, pixels: Tensor, b: Batch) -> Tensor:
-            return F.cross_entropy(m(pixels), b.labels, reduction="none")
-
         batch = Batch(pixels=x, labels=y, index=torch.arange(len(x)))
-        return self.run(objective, x, batch, model)
+        return self.run(ModuleObjective(loss="ce"), x, batch, model)
 
     def describe(self) -> dict[str, Any]:
         """Threat-model fields for tables."""
@@ -97,27 +93,32 @@ def random_start(x: Tensor, norm: Norm, eps: float, generator: torch.Generator,
     """Uniform point in the linf ball, or radius ~ U[0,eps] on a random l2 direction.
 
     Drawn on CPU so a seed gives the same start on every device; with per-example ``seeds``
-    each example's start is independent of the batch it is in.
+    each example's start is independent of the batch it is in. Only the raw draws are made per
+    example (each from its own stream); the arithmetic on them is batched.
     """
+    n = len(x)
+    noise = torch.empty((n, *x.shape[1:]))
+    radius = torch.empty(n)
     if seeds is not None:
-        rows = [_start_delta(x.shape[1:], norm, eps, torch.Generator().manual_seed(int(s) + 7919 * draw))
-                for s, draw in zip(seeds.tolist(), _draw_counter(generator, len(x)))]
-        delta = torch.stack(rows)
+        row_gen, restart = torch.Generator(), _restart_draw(generator)
+        streams = (row_gen.manual_seed(int(s) + 7919 * restart) for s in seeds.tolist())
     else:
-        delta = torch.stack([_start_delta(x.shape[1:], norm, eps, generator) for _ in range(len(x))])
+        streams = (generator for _ in range(n))
+    for i, g in enumerate(streams):
+        if norm == "linf":
+            noise[i].uniform_(generator=g)
+        else:
+            noise[i].normal_(generator=g)
+            radius[i] = torch.rand(1, generator=g)[0]
+    if norm == "linf":
+        delta = (noise * 2 - 1) * eps
+    else:
+        shape = (n, *([1] * (x.dim() - 1)))
+        delta = noise / noise.flatten(1).norm(dim=1).clamp_min(1e-12).view(shape) * (radius * eps).view(shape)
     return (x + delta.to(device=x.device, dtype=x.dtype)).clamp(0.0, 1.0)
 
 
-def _draw_counter(generator: torch.Generator, n: int) -> list[int]:
+def _restart_draw(generator: torch.Generator) -> int:
     """A restart counter shared by the batch (advances the caller's generator identically for
     every batch layout), so restarts get fresh per-example starts."""
-    draw = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-    return [draw] * n
-
-
-def _start_delta(shape: torch.Size, norm: Norm, eps: float, generator: torch.Generator) -> Tensor:
-    if norm == "linf":
-        return (torch.rand(shape, generator=generator) * 2 - 1) * eps
-    g = torch.randn(shape, generator=generator)
-    r = torch.rand(1, generator=generator) * eps
-    return g / g.norm().clamp_min(1e-12) * r
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator))

@@ -1,42 +1,25 @@
 """Projected gradient descent (Madry et al. 2018), linf and l2, over any Objective.
 
-Random start, fixed step size, per-sample best iterate, restarts keeping the per-sample worst
-case. Optional EOT: the gradient is averaged over ``eot`` evaluations of a randomized objective.
+Random start, fixed step size, per-sample best iterate (the first successful one where the
+objective tells success), restarts keeping the per-sample worst case and, with success info,
+attacking only the samples still standing. Optional EOT: the gradient is averaged over ``eot``
+evaluations of a randomized objective (and success must hold in every one).
 Defaults follow methods.md 1.1 [BENCH]: step = eps/4 (linf) or 2.5*eps/steps (l2).
 """
 
 from __future__ import annotations
 
-import contextlib
+import math
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from robustbench_mm.attacks.base import ATTACKS, Attack, check_threat, project, random_start
+from robustbench_mm.attacks.evaluation import evaluate, score
+from robustbench_mm.attacks.worst_case import RunResult, fold_worst_case, merge
 from robustbench_mm.errors import ConfigError
 from robustbench_mm.types import AttackResult, Batch, Norm, Objective
-
-
-def autocast_context(device: torch.device, dtype: str) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast for the search (precision policy: the verdict is recomputed in fp32)."""
-    if dtype == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def loss_and_grad(
-    model: Any, x_adv: Tensor, batch: Batch, objective: Objective, eot: int, search_dtype: str
-) -> tuple[Tensor, Tensor]:
-    """Per-example objective ``[B]`` (mean over EOT draws) and its input gradient."""
-    x_adv = x_adv.detach().requires_grad_(True)
-    total = torch.zeros(len(x_adv), device=x_adv.device)
-    for _ in range(eot):
-        with autocast_context(x_adv.device, search_dtype):
-            loss = objective(model, x_adv, batch).float()
-        total = total + loss
-    grad = torch.autograd.grad(total.sum(), x_adv)[0] / eot
-    return (total / eot).detach(), grad.detach()
 
 
 def ascent_step(x_adv: Tensor, grad: Tensor, norm: Norm, step: float) -> Tensor:
@@ -63,6 +46,10 @@ class PGD(Attack):
         targeted: maximise the task's targeted objective (towards ``batch.targets``); ASR is then
             the share whose output is the target (class or text).
         seed: generator seed when called as ``attack(model, x, y)``.
+        stop_on_success: with an objective that tells success (classification), a sample leaves
+            the attack at its first successful iterate, as in AutoAttack: more steps cannot
+            un-break it, and on CPU its later steps are not computed. False keeps attacking every
+            sample and returns its highest-objective iterate (what adversarial training wants).
     """
 
     def __init__(
@@ -78,6 +65,7 @@ class PGD(Attack):
         search_dtype: Literal["fp32", "bf16"] = "fp32",
         targeted: bool = False,
         seed: int = 0,
+        stop_on_success: bool = True,
     ) -> None:
         check_threat(norm, eps, steps)
         if restarts <= 0 or eot <= 0:
@@ -88,26 +76,59 @@ class PGD(Attack):
         self.step_size = step_size if step_size is not None else (eps / 4 if norm == "linf" else 2.5 * eps / steps)
         self.restarts, self.random_start, self.eot = restarts, random_start, eot
         self.search_dtype, self.seed, self.targeted = search_dtype, seed, targeted
+        self.stop_on_success = stop_on_success
         self.uses_eot = eot > 1
 
     def perturb(self, model: Any, batch: Batch, objective: Objective, *, generator: torch.Generator) -> AttackResult:
-        x = batch.pixels.detach()
         assert self.norm is not None and self.eps is not None
-        best_x, best_loss = x.clone(), torch.full((len(x),), -float("inf"), device=x.device)
-        for _ in range(self.restarts):
-            x_adv = random_start(x, self.norm, self.eps, generator, batch.seeds) if self.random_start else x.clone()
-            for _ in range(self.steps):
-                loss, grad = loss_and_grad(model, x_adv, batch, objective, self.eot, self.search_dtype)
-                best_x, best_loss = _keep_best(best_x, best_loss, x_adv, loss)
-                x_adv = project(x, ascent_step(x_adv, grad, self.norm, self.step_size), self.norm, self.eps)
-            with torch.no_grad():
-                loss = torch.stack([objective(model, x_adv, batch).float() for _ in range(self.eot)]).mean(0)
-            best_x, best_loss = _keep_best(best_x, best_loss, x_adv, loss)
-        return AttackResult(best_x.detach(), best_loss, self.restarts * self.steps * self.eot)
+        x = batch.pixels.detach()
+
+        def restart(alive: Tensor | None) -> RunResult:
+            start = random_start(x, self.norm, self.eps, generator, batch.seeds) if self.random_start else x.clone()
+            if alive is None:  # the start is drawn for every row either way, so it is seed-stable
+                return self.run_once(model, batch, objective, start)
+            return self.run_once(model, batch.select(alive), objective, start[alive])
+
+        result, _ = fold_worst_case(x, (restart for _ in range(self.restarts)))
+        return AttackResult(result.pixels.detach(), result.loss, self.restarts * self.steps * self.eot)
+
+    def run_once(self, model: Any, batch: Batch, objective: Objective, x_init: Tensor) -> RunResult:
+        """PGD from ``x_init``: per sample the best iterate, or with success info (and
+        ``stop_on_success``) the first successful one, after which the sample leaves the attack."""
+        assert self.norm is not None and self.eps is not None
+        x = batch.pixels.detach()
+        out_x, out_loss = x_init.detach().clone(), torch.full((len(x),), -math.inf, device=x.device)
+        out_succ: Tensor | None = None
+        rows = torch.arange(len(x), device=x.device)  # the rows of ``batch`` still attacked
+        sub, x0, x_adv = batch, x, x_init.detach()
+        compact = syncs_are_free(x.device)
+        for _ in range(self.steps):
+            ev = evaluate(model, x_adv, sub, objective, self.eot, self.search_dtype)
+            success = ev.success if self.stop_on_success else None
+            out_x, out_loss, out_succ = merge(out_x, out_loss, out_succ, RunResult(x_adv, ev.loss, success), rows)
+            x_adv = project(x0, ascent_step(x_adv, ev.grad, self.norm, self.step_size), self.norm, self.eps)
+            if compact and success is not None:
+                rows, sub, x0, x_adv = _without(success, rows, sub, x0, x_adv)
+                if not len(rows):
+                    return RunResult(out_x, out_loss, out_succ)
+        if out_succ is not None:  # the final iterate is scored only where no earlier one succeeded
+            rows, sub, x0, x_adv = _without(out_succ[rows], rows, sub, x0, x_adv)
+        if len(rows):
+            loss, success = score(model, x_adv, sub, objective, self.eot, self.search_dtype)
+            success = success if self.stop_on_success else None
+            out_x, out_loss, out_succ = merge(out_x, out_loss, out_succ, RunResult(x_adv, loss, success), rows)
+        return RunResult(out_x, out_loss, out_succ)
 
 
-def _keep_best(best_x: Tensor, best_loss: Tensor, x_adv: Tensor, loss: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-sample keep the iterate with the highest objective (ties keep the earlier one)."""
-    better = loss > best_loss
-    mask = better.view(-1, *([1] * (x_adv.dim() - 1)))
-    return torch.where(mask, x_adv.detach(), best_x), torch.where(better, loss, best_loss)
+def syncs_are_free(device: torch.device) -> bool:
+    """On CPU reading a value back costs nothing, so broken samples leave the batch at once; on an
+    accelerator they ride along (their first success stays recorded), so the step loop never syncs."""
+    return device.type == "cpu"
+
+
+def _without(done: Tensor, rows: Tensor, sub: Batch, x0: Tensor, x_adv: Tensor) -> tuple[Tensor, Batch, Tensor, Tensor]:
+    """Drop the rows marked ``done`` from the attacked sub-batch and its tensors."""
+    keep = ~done
+    if bool(keep.all()):
+        return rows, sub, x0, x_adv
+    return rows[keep], sub.select(keep), x0[keep], x_adv[keep]

@@ -44,9 +44,12 @@ def fold_worst_case(x: Tensor, runs: Iterable[Run]) -> tuple[RunResult, int]:
 
 def merge(out_x: Tensor, out_loss: Tensor, out_succ: Tensor | None, res: RunResult,
           rows: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Fold a run on ``rows`` (bool mask; None = all) into the running per-sample worst case:
-    a success beats any non-success, else the higher objective wins."""
-    idx = torch.arange(len(out_x), device=out_x.device) if rows is None else rows.nonzero().flatten()
+    """Fold a run on ``rows`` (bool mask or row indices; None = all) into the running per-sample
+    worst case: a success beats any non-success, else the higher objective wins."""
+    if rows is None:
+        idx = torch.arange(len(out_x), device=out_x.device)
+    else:
+        idx = rows.nonzero().flatten() if rows.dtype == torch.bool else rows
     cur_loss = out_loss[idx]
     take = res.loss > cur_loss
     if res.success is not None:

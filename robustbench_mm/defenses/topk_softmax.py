@@ -174,7 +174,8 @@ class TopKRecentralizedSoftmax(ClipFinetuneDefense):
         answers = [FMNIST_CLASSES[int(c)] for c in y]
         if self.adversarial:
             batch = Batch(pixels=x, labels=y, index=torch.arange(len(x)), prompts=prompts, answers=answers)
-            attack = PGD(norm="linf", eps=self.eps, steps=self.pgd_steps, step_size=2.5 * self.eps / self.pgd_steps)
+            attack = PGD(norm="linf", eps=self.eps, steps=self.pgd_steps, step_size=2.5 * self.eps / self.pgd_steps,
+                         stop_on_success=False)
             x = attack.perturb(model, batch, LMObjective(targeted=False), generator=gen).pixels.detach()
         logits, labels = model.lm_logits(x, prompts, answers)
         loss = token_prsl(logits, labels, self.variant, self.K_tokens, self.gamma, self.beta)
@@ -203,6 +204,6 @@ def pgd_examples(model: Any, x: Tensor, y: Tensor, prompts: list[str], eps: floa
     """TeCoA-style training attack: linf PGD on the CE of zero-shot logits, model in its current
     state, step 2.5 eps / steps, random start from ``gen`` [CODE: MMCoA uses alpha = eps]."""
     model._text_cache.clear()  # the towers changed since the last step
-    attack = PGD(norm="linf", eps=eps, steps=steps, step_size=2.5 * eps / steps)
+    attack = PGD(norm="linf", eps=eps, steps=steps, step_size=2.5 * eps / steps, stop_on_success=False)
     batch = Batch(pixels=x, labels=y, index=torch.arange(len(x)))
     return attack.perturb(model, batch, ClassifierObjective(prompts), generator=gen).pixels.detach()

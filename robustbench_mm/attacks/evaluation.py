@@ -1,0 +1,65 @@
+"""One evaluation of an Objective at the current iterate, shared by the iterative attacks.
+
+The search may run under bf16 autocast (precision policy of the design: the verdict is recomputed
+in fp32 by the runner). Objectives with ``loss_and_success`` (classification) report success from
+the same forward pass, so tracking it costs nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from robustbench_mm.types import Batch, Objective
+
+
+def autocast_context(device: torch.device, dtype: str) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast for the search (precision policy: the verdict is recomputed in fp32)."""
+    if dtype == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class Evaluation(NamedTuple):
+    """Objective ``[B]`` (mean over EOT draws), its input gradient, success ``bool[B]`` (None when
+    the objective cannot tell)."""
+
+    loss: Tensor
+    grad: Tensor
+    success: Tensor | None
+
+
+def evaluate(model: Any, x: Tensor, batch: Batch, objective: Objective, eot: int, search_dtype: str) -> Evaluation:
+    """One forward+backward per EOT draw; success must hold in every draw to count."""
+    x = x.detach().requires_grad_(True)
+    loss, success = _draws(model, x, batch, objective, eot, search_dtype)
+    grad = torch.autograd.grad(loss.sum(), x)[0] / eot
+    return Evaluation(loss.detach() / eot, grad.detach(), success)
+
+
+def score(model: Any, x: Tensor, batch: Batch, objective: Objective, eot: int,
+          search_dtype: str) -> tuple[Tensor, Tensor | None]:
+    """Objective ``[B]`` and success at ``x`` without a gradient (a final iterate's check)."""
+    with torch.no_grad():
+        loss, success = _draws(model, x.detach(), batch, objective, eot, search_dtype)
+    return loss / eot, success
+
+
+def _draws(model: Any, x: Tensor, batch: Batch, objective: Objective, eot: int,
+           search_dtype: str) -> tuple[Tensor, Tensor | None]:
+    """Sum of the objective over ``eot`` draws, and success in every draw."""
+    fn = getattr(objective, "loss_and_success", None)
+    total = torch.zeros(len(x), device=x.device)
+    success: Tensor | None = None
+    for _ in range(eot):
+        with autocast_context(x.device, search_dtype):
+            if fn is not None:
+                loss, s = fn(model, x, batch)
+                success = s if success is None else success & s
+            else:
+                loss = objective(model, x, batch)
+        total = total + loss.float()
+    return total, success
