@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from robustbench_mm.attacks.base import ATTACKS, Attack, check_threat, project, random_start
-from robustbench_mm.attacks.evaluation import evaluate, score
+from robustbench_mm.attacks.evaluation import evaluate, score, syncs_are_free
 from robustbench_mm.attacks.worst_case import RunResult, fold_worst_case, merge
 from robustbench_mm.errors import ConfigError
 from robustbench_mm.types import AttackResult, Batch, Norm, Objective
@@ -118,12 +118,6 @@ class PGD(Attack):
             success = success if self.stop_on_success else None
             out_x, out_loss, out_succ = merge(out_x, out_loss, out_succ, RunResult(x_adv, loss, success), rows)
         return RunResult(out_x, out_loss, out_succ)
-
-
-def syncs_are_free(device: torch.device) -> bool:
-    """On CPU reading a value back costs nothing, so broken samples leave the batch at once; on an
-    accelerator they ride along (their first success stays recorded), so the step loop never syncs."""
-    return device.type == "cpu"
 
 
 def _without(done: Tensor, rows: Tensor, sub: Batch, x0: Tensor, x_adv: Tensor) -> tuple[Tensor, Batch, Tensor, Tensor]:

@@ -1,5 +1,6 @@
-"""Success-aware PGD: a sample leaves the attack at its first successful iterate. That must never
-weaken the attack, and dropping broken samples from the batch (CPU) must not change any outcome."""
+"""Success-aware PGD and APGD: a sample leaves the attack at its first successful iterate. That must
+never weaken the attack, and dropping broken samples from the batch (CPU) must not change any
+outcome."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from robustbench_mm.attacks import apgd as apgd_module
 from robustbench_mm.attacks import pgd as pgd_module
+from robustbench_mm.attacks.apgd import APGD
 from robustbench_mm.attacks.objectives import ModuleObjective
 from robustbench_mm.attacks.pgd import PGD
 from robustbench_mm.types import Batch
@@ -27,9 +30,10 @@ class RowCounter(nn.Module):
         return self.inner(x)  # type: ignore[no-any-return]
 
 
-def _run(model: nn.Module, x: Tensor, y: Tensor, **kw: Any) -> Tensor:
+def _run(model: nn.Module, x: Tensor, y: Tensor, kind: str = "pgd", **kw: Any) -> Tensor:
     batch = Batch(pixels=x, labels=y, index=torch.arange(len(x)), seeds=torch.arange(len(x)))
-    attack = PGD(norm="linf", eps=8 / 255, steps=10, step_size=2 / 255, **kw)
+    attack = (PGD(norm="linf", eps=8 / 255, steps=10, step_size=2 / 255, **kw) if kind == "pgd"
+              else APGD(norm="linf", eps=8 / 255, steps=10, **kw))
     return attack.perturb(model, batch, ModuleObjective(), generator=torch.Generator().manual_seed(0)).pixels
 
 
@@ -55,13 +59,15 @@ def test_first_success_breaks_every_sample_the_best_loss_iterate_breaks(correct)
     assert bool((by_success | ~by_loss).all()), "a sample the best-loss iterate breaks must stay broken"
 
 
-def test_dropping_broken_samples_changes_no_outcome_and_saves_work(correct, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("kind,module", [("pgd", pgd_module), ("apgd", apgd_module)])
+def test_dropping_broken_samples_changes_no_outcome_and_saves_work(correct, monkeypatch, kind: str,  # type: ignore[no-untyped-def]
+                                                                   module: Any) -> None:
     model, x, y = correct
     counted = RowCounter(model)
-    compacted = _run(counted, x, y)
+    compacted = _run(counted, x, y, kind)
     rows_compacted, counted.rows = counted.rows, 0
-    monkeypatch.setattr(pgd_module, "syncs_are_free", lambda device: False)  # the accelerator path
-    riding = _run(counted, x, y)
+    monkeypatch.setattr(module, "syncs_are_free", lambda device: False)  # the accelerator path
+    riding = _run(counted, x, y, kind)
     assert torch.equal(_broken(model, compacted, y), _broken(model, riding, y))
     assert torch.allclose(compacted, riding, atol=1e-6)
     assert counted.rows >= len(x) * 10, "the accelerator path attacks every row at every step"
