@@ -29,7 +29,7 @@ from torch import Tensor
 from robustbench_mm.attacks.base import ATTACKS, Attack, check_threat, project
 from robustbench_mm.attacks.guard import check_valid
 from robustbench_mm.attacks.objectives import ModuleObjective, has_logits
-from robustbench_mm.attacks.evaluation import evaluate, syncs_are_free
+from robustbench_mm.attacks.evaluation import evaluate, keep_rows, syncs_are_free
 from robustbench_mm.attacks.worst_case import RunResult, fold_worst_case, rows_like
 from robustbench_mm.errors import CapabilityError, ConfigError
 from robustbench_mm.types import AttackResult, Batch, Norm, Objective
@@ -154,13 +154,12 @@ class APGD(LogitsCall, Attack):
         since = 0
         for i in range(self.steps):
             if compact and succ is not None and bool(succ.any()):
-                out_x[rows[succ]], out_loss[rows[succ]], out_succ[rows[succ]] = x_succ[succ], loss_succ[succ], True
-                keep = ~succ
-                sub = sub.select(keep)
-                (rows, x, x_adv, x_prev, grad, x_best, loss_best, grad_best, succ, x_succ, loss_succ, step,
-                 loss_prev, n_improve, best_at_check, reduced_last) = (
-                    t[keep] for t in (rows, x, x_adv, x_prev, grad, x_best, loss_best, grad_best, succ, x_succ,
-                                      loss_succ, step, loss_prev, n_improve, best_at_check, reduced_last))
+                done = rows[succ]
+                out_x[done], out_loss[done], out_succ[done] = x_succ[succ], loss_succ[succ], True
+                sub, (rows, x, x_adv, x_prev, grad, x_best, loss_best, grad_best, succ, x_succ, loss_succ, step,
+                      loss_prev, n_improve, best_at_check, reduced_last) = keep_rows(
+                    ~succ, sub, rows, x, x_adv, x_prev, grad, x_best, loss_best, grad_best, succ, x_succ,
+                    loss_succ, step, loss_prev, n_improve, best_at_check, reduced_last)
                 if not len(rows):
                     break
             a = self.momentum if i > 0 else 1.0

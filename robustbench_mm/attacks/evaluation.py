@@ -69,3 +69,11 @@ def syncs_are_free(device: torch.device) -> bool:
     """On CPU reading a value back costs nothing, so broken samples leave the batch at once; on an
     accelerator they ride along (their first success stays recorded), so the step loop never syncs."""
     return device.type == "cpu"
+
+
+def keep_rows(keep: Tensor, batch: Batch, *per_row: Tensor) -> tuple[Batch, tuple[Tensor, ...]]:
+    """The rows of ``batch`` and of each per-row tensor where ``keep`` (bool ``[B]``) holds: how an
+    attack drops its broken samples. Nothing is copied when every row is kept."""
+    if bool(keep.all()):
+        return batch, per_row
+    return batch.select(keep), tuple(t[keep] for t in per_row)

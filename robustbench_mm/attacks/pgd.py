@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from robustbench_mm.attacks.base import ATTACKS, Attack, check_threat, project, random_start
-from robustbench_mm.attacks.evaluation import evaluate, score, syncs_are_free
+from robustbench_mm.attacks.evaluation import evaluate, keep_rows, score, syncs_are_free
 from robustbench_mm.attacks.worst_case import RunResult, fold_worst_case, merge
 from robustbench_mm.errors import ConfigError
 from robustbench_mm.types import AttackResult, Batch, Norm, Objective
@@ -108,21 +108,14 @@ class PGD(Attack):
             out_x, out_loss, out_succ = merge(out_x, out_loss, out_succ, RunResult(x_adv, ev.loss, success), rows)
             x_adv = project(x0, ascent_step(x_adv, ev.grad, self.norm, self.step_size), self.norm, self.eps)
             if compact and success is not None:
-                rows, sub, x0, x_adv = _without(success, rows, sub, x0, x_adv)
+                sub, (rows, x0, x_adv) = keep_rows(~success, sub, rows, x0, x_adv)
                 if not len(rows):
                     return RunResult(out_x, out_loss, out_succ)
         if out_succ is not None:  # the final iterate is scored only where no earlier one succeeded
-            rows, sub, x0, x_adv = _without(out_succ[rows], rows, sub, x0, x_adv)
+            sub, (rows, x0, x_adv) = keep_rows(~out_succ[rows], sub, rows, x0, x_adv)
         if len(rows):
             loss, success = score(model, x_adv, sub, objective, self.eot, self.search_dtype)
             success = success if self.stop_on_success else None
             out_x, out_loss, out_succ = merge(out_x, out_loss, out_succ, RunResult(x_adv, loss, success), rows)
         return RunResult(out_x, out_loss, out_succ)
 
-
-def _without(done: Tensor, rows: Tensor, sub: Batch, x0: Tensor, x_adv: Tensor) -> tuple[Tensor, Batch, Tensor, Tensor]:
-    """Drop the rows marked ``done`` from the attacked sub-batch and its tensors."""
-    keep = ~done
-    if bool(keep.all()):
-        return rows, sub, x0, x_adv
-    return rows[keep], sub.select(keep), x0[keep], x_adv[keep]
