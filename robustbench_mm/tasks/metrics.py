@@ -158,11 +158,21 @@ def vqa_submission_answer(output: str) -> str:
 
 
 # ---- CIDEr-D ----------------------------------------------------------------------------------
+_CLITIC = re.compile(r"(?<=\w)(n't|'s|'re|'ve|'ll|'m|'d)(?![\w'])")
+# words (hyphenated words and digit groups such as 3.5 and 1,000 stay whole), split-off clitics,
+# and the symbols the PTB tokenizer keeps as tokens; everything else is dropped
+_CAPTION_TOKEN = re.compile(r"n't|'s|'re|'ve|'ll|'m|'d|\d+(?:[.,:]\d+)+(?:-\w+)*|\w+(?:['-]\w+)*|[&$%#@*+=~^|<>]")
+
+
 def caption_tokens(text: str) -> list[str]:
-    """Caption words for CIDEr-D: ``normalize_text`` split on spaces (lower-case, punctuation other
-    than hyphens removed). pycocoevalcap tokenises with the Stanford PTB tokenizer instead; the two
-    agree on captions without apostrophes or hyphens (docs/metrics.md)."""
-    return normalize_text(text).split()
+    """Caption words for CIDEr-D, the way pycocoevalcap's PTB tokenizer (Java) cuts them:
+    lower-case; clitics split off (``man's`` -> ``man 's``, ``don't`` -> ``do n't``); hyphenated
+    words, inner apostrophes and digit groups kept whole (``t-shirt``, ``o'neil``, ``3.5-inch``,
+    ``1,000``, ``10:30``); punctuation (``. , ? ! : ; ' " -- ...``) dropped; ``& $ %`` and similar
+    symbols are tokens. Known differences: PTB keeps abbreviation periods (``mr.``, ``e.g.``),
+    quoted single letters (``'n'``), and writes brackets as ``-lrb-``/``-rrb-`` tokens; here they
+    are dropped."""
+    return _CAPTION_TOKEN.findall(_CLITIC.sub(r" \1", text.lower()))
 
 
 def _ngrams(words: list[str], n: int) -> Counter[tuple[str, ...]]:

@@ -7,11 +7,13 @@ Expected VQA values are worked out by hand from the rules of the official evalua
 from __future__ import annotations
 
 import random
+import shutil
 
 import pytest
 
 from robustbench_mm.tasks.metrics import (
     CiderCorpus,
+    caption_tokens,
     cider_d,
     contains_target,
     vqa_accuracy,
@@ -221,8 +223,40 @@ def test_cider_d_with_split_document_frequencies_matches_reference_on_the_split(
     assert cider_d(cands[:5], refs[:5]) != pytest.approx(full[:5], abs=1e-6)
 
 
-def test_cider_d_tokenisation_matches_on_plain_captions() -> None:
-    refs = [["A man riding a horse.", "a man on a horse"], ["Two dogs, playing!", "two dogs play in the grass"]]
-    cands = ["A man riding a horse", "two dogs playing"]
-    lower = [[r.lower().replace(".", "").replace(",", "").replace("!", "") for r in rs] for rs in refs]
-    assert cider_d(cands, refs) == pytest.approx(_reference_cider([c.lower() for c in cands], lower), abs=1e-9)
+RAW_REFS = [
+    ["A dog's toy, on the T-shirt.", "Two men don't ride bikes!", "A man -- riding a horse ... in the field"],
+    ["It's a cat's bed; they're here", "A 3.5-inch screen, 1,000 dollars", 'a "quoted" word: yes?'],
+    ["the dogs' bowls", "I'm sure we'll see what you've done, I'd say", "A man can't stand"],
+    ["50% off & $5 deals", "A bus at 10:30 pm.", "A woman's umbrella is red-and-white."],
+    ["People walking down a busy street.", "An 'old' car", "ice - cream cones"],
+    ["A well-known man's son-in-law", "O'Neil's bar", "A cat, a dog, and a bird."],
+]
+RAW_CANDS = ["A dog's T-shirt.", "A cat's bed, here.", "Men can't stand!", "A woman's red-and-white umbrella.",
+             "People on a street...", "O'Neil's son-in-law, a well-known man."]
+
+
+def test_caption_tokens_cut_like_the_ptb_tokenizer() -> None:
+    assert caption_tokens("A dog's toy, on the T-shirt.") == "a dog 's toy on the t-shirt".split()
+    assert caption_tokens("Two men don't ride bikes!") == "two men do n't ride bikes".split()
+    assert caption_tokens("A 3.5-inch screen, 1,000 dollars at 10:30") == \
+        "a 3.5-inch screen 1,000 dollars at 10:30".split()
+    assert caption_tokens("50% off & $5 deals -- 'old' ice - cream") == "50 % off & $ 5 deals old ice cream".split()
+    assert caption_tokens("O'Neil's bar") == ["o'neil", "'s", "bar"]
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="pycocoevalcap's PTB tokenizer needs Java")
+def test_cider_d_matches_the_full_coco_pipeline_on_raw_captions() -> None:
+    """pycocoevalcap end to end (PTB tokenizer in Java, then CIDEr-D) on captions with punctuation,
+    clitics, hyphens and numbers."""
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    tok = PTBTokenizer()
+    gts = tok.tokenize({i: [{"caption": r} for r in refs] for i, refs in enumerate(RAW_REFS)})
+    res = tok.tokenize({i: [{"caption": c}] for i, c in enumerate(RAW_CANDS)})
+    assert [gts[i] for i in range(len(RAW_REFS))] == [[" ".join(caption_tokens(r)) for r in refs]
+                                                       for refs in RAW_REFS]
+    from pycocoevalcap.cider.cider import Cider
+
+    _, ref = Cider().compute_score(gts, res)
+    ours = cider_d(RAW_CANDS, RAW_REFS)
+    assert max(ours) > 0.5 and ours == pytest.approx([float(v) for v in ref], abs=1e-6)
