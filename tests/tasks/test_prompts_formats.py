@@ -102,6 +102,20 @@ def test_vqav2_two_annotators_is_the_correctness_boundary(tmp_path: Path) -> Non
     assert task.correct(batch, ["two"]).item()  # 0.9
 
 
+def test_vqa_attack_success_is_a_drop_below_the_threshold(tmp_path: Path) -> None:
+    path = _hub_vqav2(tmp_path)
+    task = _preset_task("vqav2", dataset=f"hf:{path}")
+    batch = task.load_examples([0, 1, 2], 24)  # answers: 2 x3 / 3 x7; yes x10; red x2 / blue x8
+    clean = ["3", "yes", "red"]
+    clean_ok = task.correct(batch, clean)
+    assert clean_ok.tolist() == [True, True, True]  # scores 1.0, 1.0, 0.6
+    adv = ["two", "No", "a red one"]  # 0.9 (still correct), 0.0, 0.0
+    assert task.score(batch, adv).tolist() == pytest.approx([0.9, 0.0, 0.0])
+    assert task.success(batch, clean_ok, adv).tolist() == [False, True, True]
+    batch.targets = ["dog", "dog", "dog"]
+    assert task.targeted_success(batch, ["A dog.", "hotdog", "dogs"]).tolist() == [True, False, False]
+
+
 def test_coco_preset_reads_hub_layout_offline_with_cider_d_of_the_split(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
