@@ -97,8 +97,13 @@ def _preset_summary(kind: str, name: str) -> dict[str, Any]:
     from robustbench_mm.presets import load_raw
 
     _, data = load_raw(kind, name)
-    return {"impl": data.get("impl", ""), "description": data.get("description", ""),
-            "params": data.get("params") or {}}
+    summary = {"impl": data.get("impl", ""), "description": data.get("description", ""),
+               "params": data.get("params") or {}}
+    if kind == "task":  # each task's metric and per-family prompt
+        from robustbench_mm.tasks.card import task_card
+
+        summary.update(task_card(name))
+    return summary
 
 
 def show(out: str | Path) -> pd.DataFrame:

@@ -15,6 +15,12 @@ FeatureFn = Callable[[Tensor], Tensor]
 FeatureTransform = Callable[[FeatureFn, Tensor], Tensor]
 
 
+class PlainPrompt(str):
+    """A prompt the language model reads as it is, without the adapter's chat template or VQA
+    format (BLIP-2 captioning starts the caption with ``"a photo of"``); the image tokens still
+    come first."""
+
+
 class VLM(nn.Module, ABC):
     """A vision(-language) model on unnormalised pixels ``[B,3,H,W]`` in [0,1].
 

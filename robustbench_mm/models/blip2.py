@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from robustbench_mm.errors import WeightsError
-from robustbench_mm.models.base import VLM, normalize_pixels
+from robustbench_mm.models.base import VLM, PlainPrompt, normalize_pixels
 from robustbench_mm.models.llava import (
     _broadcast,
     greedy_generate,
@@ -62,6 +62,8 @@ class Blip2Adapter(VLM):
         return self.model.get_image_features(pixel_values=x, return_dict=True).pooler_output
 
     def format_prompt(self, prompt: str) -> str:
+        if isinstance(prompt, PlainPrompt):
+            return str(prompt)
         return self.prompt_template.format(prompt=prompt) if prompt else ""
 
     def _inputs(self, ids: Tensor, mask: Tensor, feats: Tensor, left: bool) -> tuple[Tensor, Tensor]:

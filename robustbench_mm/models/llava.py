@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustbench_mm.errors import WeightsError
-from robustbench_mm.models.base import VLM, normalize_pixels
+from robustbench_mm.models.base import VLM, PlainPrompt, normalize_pixels
 
 # Used when neither processor nor tokenizer ships a chat template (llava-1.5 format).
 LLAVA_FALLBACK_TEMPLATE = "USER: <image>\n{prompt} ASSISTANT:"
@@ -72,7 +72,9 @@ class LlavaAdapter(VLM):
     # ---- prompts -------------------------------------------------------------------------
     def format_prompt(self, prompt: str) -> str:
         """The full text before the answer, with the image placeholder expanded to N tokens."""
-        if self.chat_template:
+        if isinstance(prompt, PlainPrompt):
+            text = str(prompt)
+        elif self.chat_template:
             conv = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
             text = self.tokenizer.apply_chat_template(conv, chat_template=self.chat_template,
                                                       add_generation_prompt=True, tokenize=False)

@@ -18,6 +18,7 @@ from robustbench_mm.models.zoo import LoadOptions, load_model
 from robustbench_mm.runner import provenance
 from robustbench_mm.runner.resolve import CellSpec, ResolvedCell, resolve, spec_dict
 from robustbench_mm.runner.stats import wilson_interval
+from robustbench_mm.runner.scores import add_sample_scores, score_summary
 from robustbench_mm.runner.store import SCHEMA_VERSION, ResultStore
 from robustbench_mm.tasks.base import as_list
 from robustbench_mm.types import Batch
@@ -153,7 +154,7 @@ def _evaluate_halving_on_oom(cell: ResolvedCell, model: Any, objective: Any, bat
     """Evaluate a batch; on out-of-memory split it in halves and retry (per-example seeds keep
     the results identical). A single example that does not fit fails the cell with the reason."""
     try:
-        return _evaluate_batch(cell, model, objective, batch)
+        return add_sample_scores(cell.task, batch, _evaluate_batch(cell, model, objective, batch))
     except torch.OutOfMemoryError:
         if len(batch) == 1:
             raise
@@ -277,6 +278,7 @@ def summary_row(cell: ResolvedCell, model: Any, device: torch.device, tables: di
         "created_at": provenance.now(), "git_commit": provenance.git_commit(),
         "versions": provenance.versions_json(), "model_revision": getattr(model, "revision", ""),
         "schema_version": SCHEMA_VERSION, "batch_size": cell.spec.batch_size,
+        **score_summary(cell.task, cell.entry.family, samples),
     }
 
 

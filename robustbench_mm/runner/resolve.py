@@ -106,6 +106,8 @@ def resolve(spec: CellSpec) -> ResolvedCell:
     attack_preset, attack = adaptive_eot(attack_preset, attack, defense)
     task = _build(TASKS.get(task_preset.impl), task_preset)
     _check_compatible(entry, defense, task)
+    if hasattr(task, "bind_family"):  # per-family prompts (LLaVA and BLIP-2 were evaluated differently)
+        task.bind_family(entry.family)
     attack_preset, attack = adaptive_margin(attack_preset, attack, defense, task)
     certify = defense.certifies if spec.certify is None else spec.certify
     if certify and not defense.certifies:

@@ -68,6 +68,17 @@ class Task(ABC):
     def correct(self, batch: Batch, prediction: Tensor | list[str]) -> Tensor:
         """Bool ``[B]``: the prediction is right."""
 
+    metric: str = "accuracy"
+
+    def score(self, batch: Batch, prediction: Tensor | list[str]) -> Tensor:
+        """Per-sample value of the task metric, float ``[B]`` (0/1 accuracy unless the task has a
+        soft metric such as VQA accuracy or CIDEr-D); ``asr.parquet`` reports its means."""
+        return self.correct(batch, prediction).float()
+
+    def prompt_for(self, family: str) -> str:
+        """The text prompt a model of ``family`` gets (empty for tasks without one)."""
+        return ""
+
     def success(self, batch: Batch, clean_correct: Tensor, adv_prediction: Tensor | list[str]) -> Tensor:
         """Untargeted ASR numerator (design 'ASR'): clean right and adversarial wrong, bool ``[B]``."""
         return clean_correct & ~self.correct(batch, adv_prediction).to(clean_correct.device)

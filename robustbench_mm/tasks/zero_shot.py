@@ -62,6 +62,10 @@ class ZeroShotClassification(Task):
             return [self.templates[0].format(c=c) for c in self.classes]
         return [[t.format(c=c) for t in self.templates] for c in self.classes]
 
+    def prompt_for(self, family: str) -> str:
+        """The class-prompt template(s), `` | ``-separated when several are ensembled."""
+        return " | ".join(self.templates)
+
     def __len__(self) -> int:
         return len(self.ds)
 
