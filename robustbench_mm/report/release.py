@@ -155,10 +155,11 @@ def _robust_plots(entries: pd.DataFrame, root: Path) -> dict[tuple[str, str, str
     return out
 
 
-def members(samples: pd.DataFrame) -> list[dict[str, Any]]:
-    """Samples broken per protocol member (``broken_by``), among the clean-correct ones."""
+def members(samples: pd.DataFrame) -> list[dict[str, Any]] | None:
+    """Samples broken per protocol member (``broken_by``), among the clean-correct ones; ``None``
+    when the store did not record ``broken_by``."""
     if samples.empty or "broken_by" not in samples:
-        return []
+        return None
     clean = int(samples["clean_correct"].astype(bool).sum())
     by = samples["broken_by"].fillna("").astype(str)
     counts = by[by != ""].value_counts()
