@@ -148,4 +148,6 @@ def flags(row: pd.Series, cert: dict[str, Any], robust: float) -> list[str]:
     acc = cert["values"]["certified_accuracy"]
     if not math.isnan(acc) and acc > robust + 1e-12:
         out.append("certified>robust")
+    if str(row.get("git_commit") or "").endswith("-dirty"):
+        out.append("dirty-commit")  # run from uncommitted code: nobody can rebuild it exactly
     return out

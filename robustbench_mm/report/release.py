@@ -20,6 +20,7 @@ import pandas as pd
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
+from robustbench_mm.errors import StoreError
 from robustbench_mm.report import cards, plots
 from robustbench_mm.report.budget import fmt_eps, slug
 from robustbench_mm.report.entries import GROUP, Board, build, sanity_checks, sound_rows
@@ -95,8 +96,11 @@ def write_release(stores: Sequence[str | Path], out: str | Path) -> dict[str, An
     """Build the release of ``stores`` into ``out``; returns a summary (entries, groups, files)."""
     board = build(stores)  # raises on bad input before anything is written
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise StoreError(f"cannot write --out {out} ({exc.strerror}); choose a writable folder") from None
     try:
         files = _render(board, tmp, has_manifest=(out / "manifest.yaml").is_file())
         for name in KEEP:

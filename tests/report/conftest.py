@@ -42,7 +42,8 @@ def add_cell(store: ResultStore, cell_id: str, *, model: str = "clip-tiny", atta
              n: int = 20, clean: list[bool] | None = None, adv: list[bool] | None = None,
              certified: list[tuple[str, float, float, str]] | None = None, status: str = "ok",
              protocol: str | None = PROTOCOL, unreliable: bool = False, sanity: dict[str, str] | None = None,
-             gallery: bool = True, created_at: str = "2026-01-01T00:00:00+00:00", schema_version: int = 1) -> None:
+             gallery: bool = True, created_at: str = "2026-01-01T00:00:00+00:00", schema_version: int = 1,
+             git_commit: str = "abc123def4567890") -> None:
     """One committed cell; ``clean``/``adv``: per-sample correctness (adv defaults to clean);
     ``certified``: (quantity, radius, mean, bound_kind) rows; ``protocol=None`` leaves the column out."""
     clean = clean if clean is not None else [True] * n
@@ -64,7 +65,7 @@ def add_cell(store: ResultStore, cell_id: str, *, model: str = "clip-tiny", atta
            "wall_s": 1.0, "samples_per_s": n, "device": "cpu", "dtype": "fp32", "precision_policy": "fp32",
            "status": status, "error": "" if status == "ok" else "boom", "unreliable": unreliable,
            "sanity": json.dumps(sanity or {"validity_guard": "pass"}),
-           "created_at": created_at, "git_commit": "abc123def4567890", "versions": "{}",
+           "created_at": created_at, "git_commit": git_commit, "versions": "{}",
            "model_revision": f"rev-{model}", "schema_version": schema_version}
     if protocol is not None:
         row.update(protocol=protocol, verdict_draws=1)

@@ -95,6 +95,12 @@ def test_certificate_above_attack_is_flagged(make_store) -> None:  # type: ignor
     assert "certified>robust" in list(e["flags"])
 
 
+def test_dirty_commit_is_flagged(make_store) -> None:  # type: ignore[no-untyped-def]
+    store = make_store("s", [dict(cell_id="x", git_commit="abc123-dirty"), dict(cell_id="y", defense="fs")])
+    flags = dict(zip(entries_mod.build([store]).entries["defense"], entries_mod.build([store]).entries["flags"]))
+    assert list(flags["none"]) == ["dirty-commit"] and list(flags["fs"]) == []
+
+
 def test_bigger_n_supersedes_within_a_store(make_store) -> None:  # type: ignore[no-untyped-def]
     store = make_store("s", [dict(cell_id="small", n=10), dict(cell_id="big", n=30, adv=[F] * 30)])
     e = entries_mod.build([store]).entries
