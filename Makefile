@@ -3,7 +3,7 @@ PIP := .venv/bin/pip
 # torch/torchvision: the versions this machine offers from local disk (see README).
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup test test-gpu run validate leaderboard nightly reproduce
+.PHONY: setup test test-gpu run validate leaderboard leaderboard-stores nightly reproduce
 
 setup:
 	test -x $(PY) || python3 -m venv .venv
@@ -20,11 +20,16 @@ test-gpu:
 run:
 	.venv/bin/mmrobust run --model clip-tiny --attack pgd --defense none --n 256
 
-# every store under results/runs/ (override: make leaderboard RUNS="dir1 dir2")
-RUNS ?= $(patsubst %/mmrobust_store.json,%,$(wildcard results/runs/*/mmrobust_store.json))
+# Leaderboard release: `make leaderboard-stores` runs the manifest's `mmrobust benchmark` commands
+# (resumable: finished cells are skipped), `make leaderboard` rebuilds results/leaderboard/v1/ from those stores.
+LEADERBOARD ?= results/leaderboard/v1
+MANIFEST ?= $(LEADERBOARD)/manifest.yaml
+
+leaderboard-stores:
+	MMROBUST=.venv/bin/mmrobust $(PY) -m robustbench_mm.report.manifest run $(MANIFEST)
 
 leaderboard:
-	.venv/bin/mmrobust leaderboard $(RUNS) --out results
+	.venv/bin/mmrobust leaderboard $$($(PY) -m robustbench_mm.report.manifest stores $(MANIFEST)) --out $(LEADERBOARD)
 
 # NIGHTLY_GRID=smoke make nightly: the CPU smoke grid end to end (see scripts/nightly.sh)
 nightly:

@@ -161,22 +161,27 @@ def train_defense(defense: str, model: str, *, out: str | Path | None = None, re
     return obj.train(loaded, out=Path(out) if out else None, resume=resume, force=force)  # type: ignore[no-any-return]
 
 
-def leaderboard(run_dirs: list[str | Path], *, out: str | Path = "results",
-                baseline: str | Path | None = None) -> tuple[dict[str, Path], Any]:
-    """Merge stores into ``out``/leaderboard.{parquet,md}, index.html and plots/.
+def leaderboard(run_dirs: list[str | Path], *, out: str | Path = "results/leaderboard/v1",
+                baseline: str | Path | None = None) -> tuple[dict[str, Any], Any]:
+    """Build the leaderboard release of protocol stores into ``out`` (entries.parquet, schema.json,
+    index.html, leaderboard.md, detail pages, cards, plots, gallery).
 
-    With ``baseline`` (a previous ``leaderboard.parquet``, read before anything is overwritten)
-    also returns the ``Comparison`` with it; otherwise ``None``.
+    With ``baseline`` (a release's ``entries.parquet``, read before anything is overwritten) also
+    returns the ``Comparison`` with it; otherwise ``None``. Bad input raises before any write.
     """
-    from robustbench_mm.report import leaderboard as lbmod
-    from robustbench_mm.report import page
+    from robustbench_mm.report.compare import compare
+    from robustbench_mm.report.release import write_release
 
-    before = None
-    if baseline is not None and Path(baseline).exists():
-        before = pd.read_parquet(baseline)
-    board = lbmod.build(run_dirs)
-    files = page.write(board, out)
-    return files, (lbmod.compare(before, board.cells) if before is not None else None)
+    before = pd.read_parquet(baseline) if baseline is not None and Path(baseline).exists() else None
+    summary = write_release(run_dirs, out)
+    return summary, (compare(before, summary["entries"]) if before is not None else None)
+
+
+def show_gallery(out: str | Path, png: str | Path) -> int:
+    """Write the stacked gallery grids of a store's cells to ``png``; returns the number of cells shown."""
+    from robustbench_mm.report.show import write_gallery
+
+    return write_gallery(out, show(out), png)
 
 
 def reproduce_list() -> list[dict[str, Any]]:

@@ -172,16 +172,34 @@ def list_cmd(kind: Annotated[str, typer.Argument(help="models, attacks, defenses
 
 
 @app.command()
-def show(out: Annotated[str, typer.Argument(help="Result store directory.")] = "results/runs/default") -> None:
-    """Pretty table of a store's asr.parquet."""
+def show(out: Annotated[str, typer.Argument(help="Result store directory.")] = "results/runs/default",
+         as_json: Annotated[bool, typer.Option("--json", help="Cells as a JSON array (eps as 8/255).")] = False,
+         as_csv: Annotated[bool, typer.Option("--csv", help="Cells as CSV (eps as 8/255).")] = False,
+         gallery: Annotated[Optional[str], typer.Option("--gallery", help="Write the cells' gallery grids "
+                                                        "(clean | adversarial | perturbation) to OUT.png.")] = None
+         ) -> None:
+    """Cells of a store: a table, --json/--csv for machines, --gallery OUT.png for the adversarial examples."""
+    from robustbench_mm import api
+    from robustbench_mm.errors import ConfigError
+    from robustbench_mm.report import show as showmod
+
+    if as_json and as_csv:
+        raise ConfigError("give one of --json and --csv")
+    if gallery:
+        k = api.show_gallery(out, gallery)
+        typer.echo(f"gallery of {k} cells -> {gallery}", err=as_json or as_csv)
+    df = showmod.cells(api.show(out))
+    if as_json:
+        typer.echo(showmod.to_json(df))
+        return
+    if as_csv:
+        typer.echo(showmod.to_csv(df), nl=False)
+        return
+    if gallery:
+        return
     from rich.console import Console
     from rich.table import Table
 
-    from robustbench_mm import api
-
-    df = api.show(out)
-    if not df.empty:
-        df = df.sort_values(["task", "model", "defense", "attack", "eps"]).reset_index(drop=True)
     cols = ["model", "attack", "defense", "task", "norm", "eps", "n", "clean_accuracy", "robust_accuracy", "asr",
             "status"]
     table = Table(*cols, title=f"{out}: {len(df)} cells")
@@ -270,29 +288,28 @@ def store_repair(out: Annotated[str, typer.Argument()]) -> None:
 
 
 @app.command()
-def leaderboard(run_dirs: Annotated[list[str], typer.Argument(help="Result stores to merge.")],
-                out: Annotated[str, typer.Option("--out", help="Folder for leaderboard files.")] = "results",
+def leaderboard(run_dirs: Annotated[list[str], typer.Argument(help="Protocol stores (mmrobust benchmark --out).")],
+                out: Annotated[str, typer.Option("--out", help="Release folder.")] = "results/leaderboard/v1",
                 baseline: Annotated[Optional[str], typer.Option(
-                    "--baseline", help="Previous leaderboard.parquet: print what changed; exit 1 on a "
-                                       "regression beyond its 95% interval.")] = None) -> None:
-    """Merge stores into OUT/leaderboard.parquet, leaderboard.md, index.html and plots/."""
+                    "--baseline", help="A release's entries.parquet: print what changed; exit 1 on a "
+                                       "robust accuracy outside its 95% interval.")] = None) -> None:
+    """Build the ranked leaderboard release (entries.parquet, index.html, detail pages) from protocol stores."""
     from robustbench_mm import api
 
-    files, comparison = api.leaderboard(list(run_dirs), out=out, baseline=baseline)
-    main_files = ", ".join(str(files[k]) for k in ("leaderboard.parquet", "leaderboard.md", "index.html"))
-    typer.echo(f"leaderboard: {main_files}"
-               f" (+{sum(k.startswith('plots/') for k in files)} plots)")
+    summary, comparison = api.leaderboard(list(run_dirs), out=out, baseline=baseline)
+    typer.echo(f"leaderboard: {len(summary['entries'])} entries in {summary['groups']} tables, "
+               f"{summary['files']} files -> {out}")
     if comparison is None:
         if baseline:
-            typer.echo(f"no snapshot at {baseline}; nothing to compare")
+            typer.echo(f"no release at {baseline}; nothing to compare")
         return
-    typer.echo(f"since the snapshot: {comparison.summary()}")
+    typer.echo(f"since the release: {comparison.summary()}")
     for _, c in comparison.changes.iterrows():
-        if c["change"] not in ("same",):
-            typer.echo(f"  {c['change']:15s} {c['task']}/{c['model']}/{c['defense']}/{c['attack']} "
+        if c["change"] != "same":
+            typer.echo(f"  {c['change']:15s} {c['task']}/{c['model']}/{c['defense']} {c['norm']} "
                        f"eps={c['eps']:.4g}: {c['note']}")
     if comparison.regressions:
-        typer.echo(f"error: {len(comparison.regressions)} regression(s) beyond the snapshot's 95% interval: "
+        typer.echo(f"error: {len(comparison.regressions)} regression(s) beyond the release's 95% interval: "
                    + "; ".join(comparison.regressions), err=True)
         raise typer.Exit(1)
 

@@ -1,7 +1,7 @@
 """Leaderboard plots as PNG bytes (matplotlib, Agg backend; no display, no fonts fetched).
 
 PNG metadata carries no timestamp or version, so the same tables give byte-identical files
-and a committed snapshot only changes when numbers do.
+and a committed release only changes when numbers do.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import io
 from typing import Any
 
 import pandas as pd
+
+from robustbench_mm.report.budget import fmt_eps
 
 
 def _pyplot() -> Any:
@@ -28,54 +30,44 @@ def _label(*parts: Any) -> str:
 
 def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight", metadata={"Software": None})
     _pyplot().close(fig)
     return buf.getvalue()
 
 
-def asr_vs_eps(cells: pd.DataFrame, worst: pd.DataFrame, task: str) -> bytes | None:
-    """Worst-case ASR (with its 95% interval) against eps, one line per (model, defense) and norm.
-
-    Uses the per-sample worst case over attacks at each budget; falls back to per-cell ASR for
-    budgets without samples. ``None`` when the task has no attacked cells.
-    """
-    w = worst[worst["task"] == task]
-    if w.empty:
-        c = cells[(cells["task"] == task) & (cells["status"] == "ok") & (cells["attack"] != "none")]
-        if c.empty:
-            return None
-        w = c.rename(columns={"asr": "worst_asr", "asr_low": "worst_asr_low", "asr_high": "worst_asr_high"})
+def robust_vs_eps(entries: pd.DataFrame, title: str) -> bytes | None:
+    """Robust accuracy with its 95% interval against eps, one axis per norm (budgets of different
+    norms are not comparable, so they never share an axis). ``entries``: one model x defense."""
+    if entries.empty:
+        return None
+    norms = sorted(set(entries["norm"]))
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for (model, defense, norm), g in w.groupby(["model", "defense", "norm"], sort=True):
-        g = g.groupby("eps", as_index=False)[["worst_asr", "worst_asr_low", "worst_asr_high"]].max()
-        g = g.sort_values("eps")
-        err = [g["worst_asr"] - g["worst_asr_low"], g["worst_asr_high"] - g["worst_asr"]]
-        ax.errorbar(g["eps"] * 255, g["worst_asr"], yerr=err, marker="o", capsize=3,
-                    label=_label(model, defense, norm))
-    ax.set_xlabel("eps (x 1/255, pixel scale)")
-    ax.set_ylabel("ASR (worst case over attacks)")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(_label(task), fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    fig, axes = plt.subplots(1, len(norms), figsize=(3.4 * len(norms), 2.8), squeeze=False)
+    for ax, norm in zip(axes[0], norms):
+        g = entries[entries["norm"] == norm].sort_values("eps")
+        err = [g["robust_accuracy"] - g["robust_low"], g["robust_high"] - g["robust_accuracy"]]
+        ax.errorbar(g["eps"], g["robust_accuracy"], yerr=err, marker="o", capsize=3)
+        ax.set_xticks(list(g["eps"]), [fmt_eps(e) for e in g["eps"]])
+        ax.set_xlabel(f"{norm} eps")
+        ax.set_ylabel("robust accuracy (95% CI)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    fig.suptitle(_label(title), fontsize=9)
     return _png(fig)
 
 
-def certified_vs_radius(certified: pd.DataFrame, task: str, quantity: str) -> bytes | None:
-    """Mean certified quantity (solid) and its 5% quantile (dashed) against the l2 radius."""
-    c = certified[(certified["task"] == task) & (certified["quantity"] == quantity)]
-    if c.empty:
+def certified_curves(sound: pd.DataFrame, title: str) -> bytes | None:
+    """Sound certified quantities (mean over samples) against the l2 radius, one axis per quantity."""
+    if sound.empty:
         return None
+    quantities = sorted(set(sound["quantity"].astype(str)))
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for (model, defense), g in c.groupby(["model", "defense"], sort=True):
-        g = g.groupby("radius", as_index=False)[["mean", "q05"]].mean().sort_values("radius")
-        line = ax.plot(g["radius"], g["mean"], marker="o", label=_label(model, defense))[0]
-        ax.plot(g["radius"], g["q05"], linestyle="--", color=line.get_color(), alpha=0.7)
-    ax.set_xlabel("l2 radius (pixel scale)")
-    ax.set_ylabel(_label(quantity) + " (mean; dashed: 5% quantile)")
-    ax.set_title(_label(task, quantity), fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    fig, axes = plt.subplots(1, len(quantities), figsize=(3.4 * len(quantities), 2.8), squeeze=False)
+    for ax, q in zip(axes[0], quantities):
+        g = sound[sound["quantity"].astype(str) == q].sort_values("radius")
+        ax.plot(g["radius"], g["mean"], marker="o")
+        ax.set_xlabel("l2 radius")
+        ax.set_ylabel(_label(q) + " (mean)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(_label(title), fontsize=9)
     return _png(fig)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from robustbench_mm.attacks.guard import check_valid, perturbation_norms
 from robustbench_mm.errors import MMRobustError
 from robustbench_mm.models.zoo import LoadOptions, load_model
-from robustbench_mm.runner import provenance
+from robustbench_mm.runner import gallery_capture, provenance
 from robustbench_mm.runner.resolve import CellSpec, ResolvedCell, resolve, spec_dict
 from robustbench_mm.runner.stats import wilson_interval
 from robustbench_mm.runner.scores import add_sample_scores, score_summary
@@ -73,6 +73,9 @@ def run_cell(spec: CellSpec | ResolvedCell, *, store: ResultStore, force: bool =
         tables, status, error = _empty_tables(), "failed", f"{type(exc).__name__}: {exc}"
     row = summary_row(cell, model, device, tables, status, error, time.time() - start)
     tables["asr"] = pd.DataFrame([row])
+    gallery = gallery_capture.take(cell, status == "ok")
+    if gallery is not None:
+        tables[gallery_capture.TABLE] = gallery  # written as cells/<id>/gallery/*, same atomic commit
     store.commit_cell(cell.cell_id, tables, _meta(cell, row))
     return CellSummary(cell.cell_id, status, row)
 
@@ -81,6 +84,7 @@ def evaluate(cell: ResolvedCell, model: Any, device: torch.device, progress: Pro
     """Per-sample rows of the cell (``samples`` and ``certified`` tables)."""
     defended = cell.defense.apply(model)
     task, attack = cell.task, cell.attack
+    gallery_capture.reset(cell.cell_id)
     if getattr(attack, "targeted", False):
         objective = task.targeted_objective(getattr(attack, "loss", None))
     else:
@@ -204,6 +208,7 @@ def _evaluate_batch(cell: ResolvedCell, model: Any, objective: Any, batch: Batch
     with torch.no_grad():
         cos = F.cosine_similarity(model.encode_image(batch.pixels).float(), model.encode_image(x_adv).float(), dim=-1)
     texts = not isinstance(clean_pred, torch.Tensor)
+    gallery_capture.capture(cell, batch, x_adv, clean_pred, adv_pred, success, clean_ok)
     out = []
     for i in range(len(batch)):
         out.append({

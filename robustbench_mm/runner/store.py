@@ -30,6 +30,7 @@ from robustbench_mm.errors import StoreError
 SCHEMA_VERSION = 1
 TABLES = ("asr", "samples", "certified")
 MARKER = "mmrobust_store.json"
+FILE_TABLES = ("gallery",)  # tables of (name, data) rows that a commit writes as plain files
 
 
 class ResultStore:
@@ -143,6 +144,9 @@ class ResultStore:
         for table, df in tables.items():
             if df is None or df.empty:
                 continue  # a table without rows is simply absent
+            if table in FILE_TABLES:  # (name, data) rows become files under the cell, e.g. gallery/grid.png
+                _write_files(tmp / table, df)
+                continue
             pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp / f"{table}.parquet")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
         _fsync_dir(tmp)
@@ -195,6 +199,17 @@ def _read_or_none(path: Path) -> pd.DataFrame | None:
     if "cell_id" not in df.columns:
         return None
     return df
+
+
+def _write_files(folder: Path, rows: pd.DataFrame) -> None:
+    folder.mkdir()
+    for name, data in zip(rows["name"], rows["data"]):
+        if Path(name).name != name:
+            raise ValueError(f"file table entry {name!r} must be a plain file name")
+        with open(folder / name, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
