@@ -134,11 +134,14 @@ def run(model: Model, attack: AttackOpt = "pgd", defense: DefenseOpt = "none", t
 
 
 @app.command()
-def grid(preset: Annotated[Optional[str], typer.Option("--preset", help="Grid preset in tasks/grids/.")] = None,
-         models: Annotated[Optional[str], typer.Option("--models", help="Comma list.")] = None,
-         attacks: Annotated[str, typer.Option("--attacks", help="Comma list.")] = "pgd",
-         defenses: Annotated[str, typer.Option("--defenses", help="Comma list.")] = "none",
-         tasks: Annotated[Optional[str], typer.Option("--tasks", help="Comma list (default per family).")] = None,
+def grid(preset: Annotated[Optional[str], typer.Option("--preset", help="Grid preset (`mmrobust list grids`); its "
+                                                     "n/seed/eps/steps apply where the command line sets none.")] = None,
+         models: Annotated[Optional[str], typer.Option("--models", help="Comma list of models (instead of --preset).")
+                           ] = None,
+         attacks: Annotated[str, typer.Option("--attacks", help="Comma list of attack presets.")] = "pgd",
+         defenses: Annotated[str, typer.Option("--defenses", help="Comma list of defense presets.")] = "none",
+         tasks: Annotated[Optional[str], typer.Option("--tasks", help="Comma list of tasks; default: each model "
+                                                      "family's default task.")] = None,
          eps: EpsOpt = None, norm: NormOpt = None, steps: StepsOpt = None, n: NOpt = 64, seed: SeedOpt = 0,
          batch_size: BatchOpt = 64, device: DeviceOpt = None, dtype: DtypeOpt = "fp32",
          executor: Annotated[str, typer.Option("--executor", help="local or ray (one Ray task per cell).")] = "local",

@@ -136,7 +136,8 @@ def resolve_model_name(name: str) -> str:
         real, tiny = ALIASES[name]
         if MODELS.get(real).available():
             return real
-        log.warning("%s: weights of %s not found locally; using bundled %s", name, real, tiny)
+        log.warning("--model %s: weights of %s are not in the local cache; running the bundled %s instead "
+                    "(rows and progress say %s)", name, real, tiny, tiny)
         return tiny
     if name in MODELS or _is_local_model_dir(name) or hub.looks_like_hub_id(name):
         return name

@@ -107,13 +107,13 @@ def write_llava15(path: Path, tokenizer_dir: Path) -> None:
 
 def fake_hub_cache(hf_home: Path, repo: str, model_dir: Path, commit: str = "0123456789abcdef0123456789abcdef01234567"
                    ) -> Path:
-    """Lay ``model_dir`` out as the snapshot ``commit`` (= main) of ``repo`` in ``hf_home/hub``."""
+    """Move ``model_dir`` into ``hf_home/hub`` as the snapshot ``commit`` (= main) of ``repo``."""
     root = hf_home / "hub" / f"models--{repo.replace('/', '--')}"
     snap = root / "snapshots" / commit
     snap.parent.mkdir(parents=True, exist_ok=True)
     if snap.exists():
         shutil.rmtree(snap)
-    shutil.copytree(model_dir, snap)
+    shutil.move(str(model_dir), snap)  # moved, not copied: the tests write hundreds of MB
     (root / "refs").mkdir(exist_ok=True)
     (root / "refs" / "main").write_text(commit)
     return snap

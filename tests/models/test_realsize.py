@@ -4,8 +4,6 @@ local LLaVA-1.5 directory. Each test builds its model, runs ``mmrobust run --n 2
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,19 +11,33 @@ import pandas as pd
 import pytest
 
 import realsize  # tests/models/realsize.py (pytest puts this folder on sys.path)
+from robustbench_mm import cli
 
-ROOT = Path(__file__).resolve().parents[2]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 pytestmark = pytest.mark.slow
 
 
-def _cli(*args: str, hf_home: Path | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1",
-           "MMROBUST_PROGRESS_EVERY": "0"}
-    if hf_home is not None:
-        env["HF_HOME"] = str(hf_home)
-    return subprocess.run([sys.executable, "-m", "robustbench_mm.cli", *args], capture_output=True, text=True,
-                          env=env, cwd=cwd or ROOT, timeout=300)
+@pytest.fixture
+def hf_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """An offline Hugging Face cache at ``tmp_path/hf`` (what ``HF_HOME=tmp_path/hf`` selects)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setenv("MMROBUST_PROGRESS_EVERY", "0")
+    return tmp_path / "hf"
+
+
+def _cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    """``mmrobust ARGS`` through the console entry point, in this process (no second torch import)."""
+    monkeypatch.setattr(sys, "argv", ["mmrobust", *args])
+    monkeypatch.setitem(cli.STATE, "debug", False)
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    return code, capsys.readouterr().err
 
 
 def _row(out: Path) -> pd.Series:
@@ -60,7 +72,8 @@ def _attack_raises_objective(model_ref: str, image_size: int, classify: bool) ->
     assert bool((after >= before - 1e-4).all()) and bool((after > before + 1e-6).any()), (before, after)
 
 
-def test_hf_clip_vit_b32_by_hub_id_offline(tmp_path: Path) -> None:
+def test_hf_clip_vit_b32_by_hub_id_offline(tmp_path: Path, hf_cache: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
     model_dir = tmp_path / "clip-b32"
     realsize.write_hf_clip_b32(model_dir)
     import open_clip
@@ -69,40 +82,40 @@ def test_hf_clip_vit_b32_by_hub_id_offline(tmp_path: Path) -> None:
     tok = AutoTokenizer.from_pretrained(model_dir)  # the real CLIP BPE: same ids as open_clip's tokenizer
     for text in ("a photo of a T-shirt/top.", "a photo of an ankle boot"):
         assert tok(text)["input_ids"] == [int(i) for i in open_clip.tokenize([text])[0] if i != 0]
-    hf_home = tmp_path / "hf"
-    realsize.fake_hub_cache(hf_home, "test-org/clip-vit-b-32", model_dir, COMMIT)
+    snapshot = realsize.fake_hub_cache(hf_cache, "test-org/clip-vit-b-32", model_dir, COMMIT)
     out = tmp_path / "store"
-    res = _cli("run", "--model", "test-org/clip-vit-b-32", "--n", "2", "--steps", "2", "--batch-size", "2",
-               "--device", "cpu", "--out", str(out), hf_home=hf_home)
-    assert res.returncode == 0, res.stderr
+    code, err = _cli(monkeypatch, capsys, "run", "--model", "test-org/clip-vit-b-32", "--n", "2", "--steps", "2",
+                     "--batch-size", "2", "--device", "cpu", "--out", str(out))
+    assert code == 0, err
     row = _row(out)
     assert row["model"] == "test-org/clip-vit-b-32" and row["model_revision"] == COMMIT
     assert row["n"] == 2 and row["status"] == "ok" and row["max_linf"] <= 8 / 255 + 1e-6
-    assert "ETA" in res.stderr  # progress lines when stderr is not a terminal
-    # the same id without the cache: one line naming how to get the weights, exit 2
-    miss = _cli("run", "--model", "test-org/clip-vit-b-32", "--n", "2", "--out", str(tmp_path / "s2"),
-                hf_home=tmp_path / "empty")
-    assert miss.returncode == 2 and "hf download test-org/clip-vit-b-32" in miss.stderr
-    assert len(miss.stderr.strip().splitlines()) == 1 and not (tmp_path / "s2").exists()
-    _attack_raises_objective(str(model_dir), 224, classify=True)
+    assert "test-org/clip-vit-b-32 / pgd / none: 2/2 samples (100%)" in err and "ETA" in err  # progress off a TTY
+    # another id the cache lacks: one line naming how to get the weights, exit 2, no store
+    code, err = _cli(monkeypatch, capsys, "run", "--model", "test-org/clip-vit-b-16", "--n", "2",
+                     "--out", str(tmp_path / "s2"))
+    assert code == 2 and "hf download test-org/clip-vit-b-16" in err and "HF_HOME" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "s2").exists()
+    _attack_raises_objective(str(snapshot), 224, classify=True)
 
 
-def test_open_clip_vit_b32_by_hf_hub_id_offline(tmp_path: Path) -> None:
+def test_open_clip_vit_b32_by_hf_hub_id_offline(tmp_path: Path, hf_cache: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
     model_dir = tmp_path / "openclip-b32"
     realsize.write_open_clip_b32(model_dir)
-    hf_home = tmp_path / "hf"
-    realsize.fake_hub_cache(hf_home, "test-org/openclip-vit-b-32", model_dir, COMMIT)
+    snapshot = realsize.fake_hub_cache(hf_cache, "test-org/openclip-vit-b-32", model_dir, COMMIT)
     out = tmp_path / "store"
-    res = _cli("run", "--model", "hf-hub:test-org/openclip-vit-b-32", "--n", "2", "--steps", "2",
-               "--batch-size", "2", "--device", "cpu", "--out", str(out), hf_home=hf_home)
-    assert res.returncode == 0, res.stderr
+    code, err = _cli(monkeypatch, capsys, "run", "--model", "hf-hub:test-org/openclip-vit-b-32", "--n", "2",
+                     "--steps", "2", "--batch-size", "2", "--device", "cpu", "--out", str(out))
+    assert code == 0, err
     row = _row(out)
     assert row["model"] == "hf-hub:test-org/openclip-vit-b-32" and row["model_revision"] == COMMIT
     assert row["n"] == 2 and row["status"] == "ok"
-    _attack_raises_objective(str(model_dir), 224, classify=True)
+    _attack_raises_objective(str(snapshot), 224, classify=True)
 
 
-def test_llava15_architecture_local_dir(tmp_path: Path) -> None:
+def test_llava15_architecture_local_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
     from robustbench_mm.models.zoo import ZOO_DIR, LoadOptions, load_model
 
     model_dir = tmp_path / "llava-1.5-arch"
@@ -115,9 +128,9 @@ def test_llava15_architecture_local_dir(tmp_path: Path) -> None:
 
     assert tuple(model.raw_vision_features(torch.rand(1, 3, 336, 336)).shape) == (1, 576, 64)
     out = tmp_path / "store"
-    res = _cli("run", "--model", str(model_dir), "--n", "2", "--steps", "1", "--batch-size", "2", "--device", "cpu",
-               "--out", str(out))
-    assert res.returncode == 0, res.stderr
+    code, err = _cli(monkeypatch, capsys, "run", "--model", str(model_dir), "--n", "2", "--steps", "1",
+                     "--batch-size", "2", "--device", "cpu", "--out", str(out))
+    assert code == 0, err
     row = _row(out)
     assert row["model"] == str(model_dir.resolve()) and row["task"] == "fmnist-vqa" and row["status"] == "ok"
     assert row["model_revision"] != ""  # weights hash of a local directory
