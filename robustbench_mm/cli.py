@@ -204,11 +204,11 @@ def _print_summary(summary: Any, out: str) -> None:
 def list_cmd(kind: Annotated[str, typer.Argument(help="models, attacks, defenses, tasks or grids")],
              as_json: JsonOpt = False) -> None:
     """List registered names."""
-    from robustbench_mm import api
     from robustbench_mm.errors import ConfigError
 
     if kind not in KINDS:
         raise ConfigError(f"list {kind!r}: choose one of {', '.join(KINDS)}")
+    from robustbench_mm import api
     rows = api.list_names(kind)
     if as_json:
         typer.echo(json.dumps(rows, indent=2, default=str))
