@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from typing import Any, Iterator
@@ -35,11 +36,26 @@ class RichReporter:
 
 
 @contextlib.contextmanager
+def _logs_above(bar: Any) -> Iterator[None]:
+    """Log records written while the bar is live go through rich's stderr proxy, so each warning
+    prints on its own line above the bar instead of being glued to it."""
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler)
+                and getattr(h, "stream", None) is sys.__stderr__]
+    for h in handlers:
+        h.setStream(sys.stderr)  # rich's proxy while the bar is live
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.setStream(sys.__stderr__)
+
+
+@contextlib.contextmanager
 def make_reporter(label: str, total: int) -> Iterator[Any]:
     """Install a reporter for the cell(s) run inside the block (see ``runner.progress``)."""
     if sys.stderr.isatty():
         rich_reporter = RichReporter(label, total)
-        with rich_reporter.bar, reporting(rich_reporter):
+        with rich_reporter.bar, reporting(rich_reporter), _logs_above(rich_reporter.bar):
             yield rich_reporter
         return
     every = float(os.environ.get("MMROBUST_PROGRESS_EVERY", LOG_EVERY))

@@ -163,3 +163,32 @@ def test_progress_lines_off_a_terminal() -> None:
     assert len(lines) == 3
     assert "16/64 samples (25%), member apgd-t, 6s elapsed, ETA 18s" in lines[0]
     assert "48/64" in lines[1] and lines[-1].endswith("64/64 samples (100%), 16s elapsed, ETA 0s")
+
+
+def test_alias_fallback_names_the_model_run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                            caplog: pytest.LogCaptureFixture, no_load: None, tmp_path: Path) -> None:
+    """``--model llava`` offline runs llava-tiny: the warning has its own line and the progress
+    label and the cell name llava-tiny, never "llava"."""
+    from robustbench_mm import api
+    from robustbench_mm.runner.cell import CellSummary
+
+    seen = {}
+
+    def fake_run_cell(cell, *, out, force, progress):  # type: ignore[no-untyped-def]
+        seen["model"] = cell.entry.name
+        progress(int(cell.spec.n))
+        row = {"model": cell.entry.name, "attack": cell.attack.name, "defense": cell.defense.name,
+               "task": cell.task.name, "norm": "linf", "eps": 8 / 255, "steps": 10, "n": 4}
+        row.update(dict.fromkeys(["clean_accuracy", "robust_accuracy", "asr", "asr_low", "asr_high", "max_linf",
+                                  "samples_per_s"], 0.0))
+        return CellSummary(cell.cell_id, "ok", row)
+
+    monkeypatch.setattr(api, "run_cell", fake_run_cell)
+    monkeypatch.setenv("MMROBUST_PROGRESS_EVERY", "0")
+    code, out, err = _main(monkeypatch, capsys, "run", "--model", "llava", "--n", "4", "--out", str(tmp_path / "s"))
+    assert code == 0 and seen["model"] == "llava-tiny"
+    warnings = [r.getMessage() for r in caplog.records if "llava-1.5-7b" in r.getMessage()]
+    assert len(warnings) == 1 and "running the bundled llava-tiny" in warnings[0]  # one record = its own line
+    lines = err.strip().splitlines()
+    assert lines and all(ln.startswith("llava-tiny / pgd / none: ") for ln in lines)  # progress names the model run
+    assert out.startswith("llava-tiny | pgd")  # and so does the summary
