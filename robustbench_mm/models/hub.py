@@ -119,11 +119,12 @@ def cache_dir() -> str:
     return str(constants.HF_HUB_CACHE)
 
 
-def missing_message(name: str) -> str:
+def missing_message(name: str, revision: str | None = None) -> str:
     repo = repo_of(name)
-    return (f"weights for {name} are not in the Hugging Face cache ({cache_dir()}) and the hub is not reachable; "
-            f"fetch them with `hf download {repo}` on a machine with network, or point HF_HOME at a cache "
-            f"that holds them")
+    rev, flag = (f" at revision {revision}", f" --revision {revision}") if revision else ("", "")
+    return (f"weights for {name}{rev} are not in the Hugging Face cache ({cache_dir()}) and the hub is not "
+            f"reachable; fetch them with `hf download {repo}{flag}` on a machine with network, or point HF_HOME "
+            f"at a cache that holds them")
 
 
 def _cached(repo: str, filename: str, revision: str | None) -> str | None:
@@ -147,7 +148,7 @@ def locate_hub(name: str, revision: str | None = None, *, allow_network: bool = 
     oc = _cached(repo, "open_clip_config.json", revision)
     if cfg is None and oc is None:
         if not allow_network or offline():
-            raise WeightsError(missing_message(name))
+            raise WeightsError(missing_message(name, revision))
         cfg, oc = _download_configs(repo, revision)
     config = json.loads(Path(cfg).read_text()) if cfg else None
     family, loader = classify_config(name, config, oc is not None, force_open_clip)
@@ -183,5 +184,5 @@ def snapshot(name: str, revision: str | None, allow_pickle: bool) -> str:
         return str(snapshot_download(repo, revision=revision, allow_patterns=patterns, local_files_only=local_only))
     except Exception as exc:  # noqa: BLE001 - any hub/cache failure is a missing-weights error for the user
         if local_only:
-            raise WeightsError(missing_message(name)) from None
+            raise WeightsError(missing_message(name, revision)) from None
         raise WeightsError(f"could not download {repo}: {str(exc).splitlines()[0]}") from None
