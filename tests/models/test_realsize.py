@@ -47,14 +47,14 @@ def _row(out: Path) -> pd.Series:
 
 
 def _attack_raises_objective(model_ref: str, image_size: int, classify: bool) -> None:
-    """The cell's own PGD (3 steps) on two task samples at the model's real resolution: inside the
+    """The cell's own PGD (2 steps) on two task samples at the model's real resolution: inside the
     eps-ball and the task objective goes up (gradients flow through the whole real-size path)."""
     import torch
 
     from robustbench_mm.models.zoo import LoadOptions, load_model
     from robustbench_mm.runner.resolve import CellSpec, resolve
 
-    cell = resolve(CellSpec(model=model_ref, attack="pgd", steps=3, n=2, device="cpu"))
+    cell = resolve(CellSpec(model=model_ref, attack="pgd", steps=2, n=2, device="cpu"))
     model = load_model(cell.model_name, LoadOptions())
     batch = next(cell.task.examples(n=2, seed=0, batch_size=2, image_size=model.image_size))
     assert tuple(batch.pixels.shape[1:]) == (3, image_size, image_size)
