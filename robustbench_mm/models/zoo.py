@@ -139,7 +139,7 @@ def resolve_model_name(name: str) -> str:
         log.warning("--model %s: weights of %s are not in the local cache; running the bundled %s instead "
                     "(rows and progress say %s)", name, real, tiny, tiny)
         return tiny
-    if name in MODELS or _is_local_model_dir(name) or hub.looks_like_hub_id(name):
+    if name in MODELS or _is_local_model_dir(name) or hub.is_model_dir(name) or hub.looks_like_hub_id(name):
         return name
     available = MODELS.names() + sorted(ALIASES)
     raise UnknownNameError(unknown_name_message("model", name, available)
