@@ -18,8 +18,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _source_copy(dest: Path) -> Path:
     """The files a fresh clone has (tracked + new, not ignored), so local build outputs cannot leak in."""
-    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "--cached", "--others", "--exclude-standard"],
-                            capture_output=True, text=True, check=True).stdout.splitlines()
+    git = subprocess.run(["git", "-C", str(ROOT), "ls-files", "--cached", "--others", "--exclude-standard"],
+                         capture_output=True, text=True)
+    if git.returncode != 0:  # not a git checkout (an unpacked sdist): everything but build outputs
+        skip = shutil.ignore_patterns(".venv", ".git", "build", "dist", "results", "*.egg-info", "__pycache__", "_presets")
+        shutil.copytree(ROOT, dest, ignore=skip)
+        return dest
+    listed = git.stdout.splitlines()
     for rel in listed:
         src = ROOT / rel
         if src.is_file():
