@@ -3,7 +3,7 @@ PIP := .venv/bin/pip
 # torch/torchvision: the versions this machine offers from local disk (see README).
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup test test-gpu run validate leaderboard leaderboard-stores nightly reproduce
+.PHONY: setup test test-gpu run validate leaderboard leaderboard-stores nightly reproduce wheel
 
 setup:
 	test -x $(PY) || python3 -m venv .venv
@@ -38,3 +38,7 @@ nightly:
 # make reproduce (lists the specs) | make reproduce SPEC=mmcoa-table1 [ZOO=1]
 reproduce:
 	.venv/bin/mmrobust reproduce $(if $(SPEC),$(SPEC) $(if $(ZOO),--zoo),--list)
+
+# dist/mmrobust-*.whl: a self-contained wheel (presets copied in by setup.py); installs with `pip install dist/*.whl`
+wheel:
+	$(PIP) wheel . --no-deps --no-build-isolation -w dist

@@ -18,10 +18,16 @@ from robustbench_mm.runner.store import ResultStore
 DEFAULT_OUT = Path("results/runs/default")
 
 
-def run_cell(spec: CellSpec, *, out: str | Path = DEFAULT_OUT, force: bool = False,
+def resolve_cell(spec: CellSpec) -> ResolvedCell:
+    """Check every input of a cell (names, budgets, --n, compatibility, weights present) and build
+    its attack, defense and task; loads no weights and touches no store."""
+    return resolve(spec)
+
+
+def run_cell(spec: CellSpec | ResolvedCell, *, out: str | Path = DEFAULT_OUT, force: bool = False,
              progress: Callable[[int], None] | None = None) -> CellSummary:
     """Resolve (fail fast on bad input), then run one cell into the store at ``out``."""
-    cell = resolve(spec)
+    cell = spec if isinstance(spec, ResolvedCell) else resolve(spec)
     with ResultStore(out) as store:
         return _run_cell(cell, store=store, force=force, progress=progress)
 
@@ -69,8 +75,21 @@ def list_names(kind: str) -> list[dict[str, Any]]:
             rows.append({"name": alias, "family": MODELS.get(real).family, "source": f"alias: {real} or {tiny}",
                          "bundled": False, "available": True, "params": 0})
         return rows
+    if kind == "grids":
+        return [_grid_summary(n) for n in preset_names("grid")]
     singular = kind.rstrip("s")
     return [{"name": n, **_preset_summary(singular, n)} for n in preset_names(singular)]
+
+
+def _grid_summary(name: str) -> dict[str, Any]:
+    data = load_grid(name)
+    lists = [data["models"], data["attacks"], data.get("defenses") or ["none"], data.get("tasks") or [None]]
+    product = 1
+    for values in lists:
+        product *= len(values)
+    return {"name": name, "description": data.get("description", ""), "models": data["models"],
+            "attacks": data["attacks"], "defenses": data.get("defenses") or ["none"],
+            "tasks": data.get("tasks") or [], "cells": product}
 
 
 def _bundled_params(entry: Any) -> int:
@@ -108,11 +127,15 @@ def _preset_summary(kind: str, name: str) -> dict[str, Any]:
 
 def show(out: str | Path) -> pd.DataFrame:
     """The asr table of a store (validated)."""
+    from robustbench_mm.errors import StoreError
+    from robustbench_mm.runner.store import MARKER
+
     store = ResultStore(out)
     if not store.root.is_dir():
-        from robustbench_mm.errors import StoreError
-
         raise StoreError(f"{out} does not exist; run `mmrobust run ... --out {out}` first")
+    if not (store.root / MARKER).is_file():
+        raise StoreError(f"{out} is not an mmrobust result store (no {MARKER}); give a directory written by "
+                         f"`mmrobust run --out DIR` or `mmrobust grid --out DIR`")
     return store.open().read("asr")
 
 

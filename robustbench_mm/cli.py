@@ -10,18 +10,34 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Adversarial robustness benchmark for "
-                  "multimodal models (CLIP, LLaVA, BLIP-2).")
-store_app = typer.Typer(no_args_is_help=True, help="Check or repair a result store.")
+                  "multimodal models (CLIP, LLaVA, BLIP-2).", context_settings=HELP_OPTIONS)
+store_app = typer.Typer(no_args_is_help=True, help="Check or repair a result store.", context_settings=HELP_OPTIONS)
 app.add_typer(store_app, name="store")
 
 STATE = {"debug": False}
-KINDS = ("models", "attacks", "defenses", "tasks")
+KINDS = ("models", "attacks", "defenses", "tasks", "grids")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib import metadata
+
+        try:
+            version = metadata.version("mmrobust")
+        except metadata.PackageNotFoundError:
+            version = "unknown (not installed)"
+        typer.echo(f"mmrobust {version}")
+        raise typer.Exit(0)
 
 
 @app.callback()
-def main_options(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False) -> None:
-    STATE["debug"] = debug
+def main_options(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors (also accepted "
+                                                     "after the subcommand).")] = False,
+                 version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                       help="Print the installed version and exit.")] = False) -> None:
+    STATE["debug"] = debug or STATE["debug"]
 
 
 def _eps(raw: Optional[str]) -> Optional[float]:
@@ -47,22 +63,49 @@ def _progress(total: int, label: str) -> Any:
     return bar
 
 
-Model = Annotated[str, typer.Option("--model", help="Model name, family alias (clip, llava, blip2) or local dir.")]
-AttackOpt = Annotated[str, typer.Option("--attack", help="Attack preset name or YAML path; 'none' = clean.")]
-DefenseOpt = Annotated[str, typer.Option("--defense", help="Defense preset name or YAML path; 'none'.")]
-TaskOpt = Annotated[Optional[str], typer.Option("--task", help="Task preset; default per model family.")]
-EpsOpt = Annotated[Optional[str], typer.Option("--eps", help="Budget in [0,1] pixel units, e.g. 4/255.")]
-NormOpt = Annotated[Optional[str], typer.Option("--norm", help="linf or l2.")]
-StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="Attack steps.")]
-NOpt = Annotated[Optional[int], typer.Option("--n", help="Number of evaluation samples.")]
-SeedOpt = Annotated[int, typer.Option("--seed")]
-BatchOpt = Annotated[int, typer.Option("--batch-size")]
-DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu or cuda (default: cuda if available).")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="fp32 or bf16 (attack search precision).")]
-OutOpt = Annotated[str, typer.Option("--out", help="Result store directory.")]
+def _reporter(label: str, total: int) -> Any:
+    """Samples progress with the running attack member and an ETA: a bar on a terminal, a line on
+    stderr every few seconds otherwise (batch jobs)."""
+    from robustbench_mm.cli_progress import make_reporter
+
+    return make_reporter(label, total)
+
+
+Model = Annotated[str, typer.Option("--model", help="Registered name (`mmrobust list models`), family alias (clip, "
+                                    "llava, blip2: the real model if cached, else the bundled tiny one), a local "
+                                    "directory or a Hugging Face id owner/name (hf-hub:owner/name for open_clip).")]
+AttackOpt = Annotated[str, typer.Option("--attack", help="Attack preset name (`mmrobust list attacks`) or YAML path; "
+                                        "'none' = clean accuracy only.")]
+DefenseOpt = Annotated[str, typer.Option("--defense", help="Defense preset name (`mmrobust list defenses`) or YAML "
+                                         "path; 'none' = undefended.")]
+TaskOpt = Annotated[Optional[str], typer.Option("--task", help="Task preset (`mmrobust list tasks`); default: "
+                                                "fmnist-zeroshot for CLIP, fmnist-vqa for LLaVA/BLIP-2.")]
+EpsOpt = Annotated[Optional[str], typer.Option("--eps", help="Budget in [0,1] pixel units, e.g. 4/255; default: the "
+                                               "attack preset's (pgd: 8/255).")]
+NormOpt = Annotated[Optional[str], typer.Option("--norm", help="linf or l2; default: the attack preset's (pgd: linf).")]
+StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="Attack iterations; default: the attack preset's "
+                                                 "(pgd: 10).")]
+NOpt = Annotated[Optional[int], typer.Option("--n", help="Number of evaluation samples, drawn with --seed from the "
+                                             "task's split.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the sample choice and the attack's randomness.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Samples attacked together (does not change results; "
+                                       "halved automatically on out-of-memory).")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda or cuda:N; default: cuda if available, "
+                                                  "else cpu.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="Attack search precision, fp32 or bf16; verdicts are always "
+                                       "fp32 (see --load-dtype for the weights).")]
+LoadDtypeOpt = Annotated[str, typer.Option("--load-dtype", help="Precision the weights load in: fp32, fp16 or bf16 "
+                                           "(recorded with the cell; not fp32 changes the cell id).")]
+RevisionOpt = Annotated[Optional[str], typer.Option("--revision", help="Hub branch, tag or commit of a Hugging Face "
+                                                    "id; default: main as cached (the resolved commit is recorded).")]
+DeviceMapOpt = Annotated[Optional[str], typer.Option("--device-map", help="'auto': let accelerate spread a large "
+                                                     "model (7B+) over the GPUs and CPU; default: whole model on "
+                                                     "--device.")]
+OutOpt = Annotated[str, typer.Option("--out", help="Result store directory (created if new).")]
 PickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="Allow pickle checkpoints (.bin/.pt): runs code.")]
 RemoteOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow Hugging Face remote code.")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the vision path and LM for the attack loop.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON instead of a table.")]
 
 
 @app.command()
@@ -71,33 +114,42 @@ def run(model: Model, attack: AttackOpt = "pgd", defense: DefenseOpt = "none", t
         batch_size: BatchOpt = 64, device: DeviceOpt = None, dtype: DtypeOpt = "fp32",
         out: OutOpt = "results/runs/default",
         force: Annotated[bool, typer.Option("--force", help="Recompute even if the store has the cell.")] = False,
-        certify: Annotated[Optional[bool], typer.Option("--certify/--no-certify")] = None,
-        allow_pickle: PickleOpt = False, trust_remote_code: RemoteOpt = False, compile: CompileOpt = False) -> None:
+        certify: Annotated[Optional[bool], typer.Option("--certify/--no-certify", help="Compute the defense's "
+                                                        "certified bounds; default: on for defenses that certify "
+                                                        "(fs, fs-psm).")] = None,
+        allow_pickle: PickleOpt = False, trust_remote_code: RemoteOpt = False, compile: CompileOpt = False,
+        load_dtype: LoadDtypeOpt = "fp32", revision: RevisionOpt = None, device_map: DeviceMapOpt = None) -> None:
     """Run one cell (model x attack x defense x task) and write its rows to the store."""
     from robustbench_mm import api
 
     spec = _spec(model, attack, defense, task, eps=eps, norm=norm, steps=steps, n=n, seed=seed,
                  batch_size=batch_size, device=device, dtype=dtype, certify=certify, allow_pickle=allow_pickle,
-                 trust_remote_code=trust_remote_code, compile=compile)
-    with _progress(1, "cell") as bar:
-        job = bar.add_task(f"{model} / {attack} / {defense}", total=n)
-        summary = api.run_cell(spec, out=out, force=force, progress=lambda k: bar.advance(job, k))
+                 trust_remote_code=trust_remote_code, compile=compile, load_dtype=load_dtype, revision=revision,
+                 device_map=device_map)
+    cell = api.resolve_cell(spec)  # every check before any weights load or the store is touched
+    total = cell.spec.n or 0
+    with _reporter(f"{cell.entry.name} / {cell.attack.name} / {cell.defense.name}", total) as reporter:
+        summary = api.run_cell(cell, out=out, force=force, progress=reporter.advance)
     _print_summary(summary, out)
 
 
 @app.command()
-def grid(preset: Annotated[Optional[str], typer.Option("--preset", help="Grid preset in tasks/grids/.")] = None,
-         models: Annotated[Optional[str], typer.Option("--models", help="Comma list.")] = None,
-         attacks: Annotated[str, typer.Option("--attacks", help="Comma list.")] = "pgd",
-         defenses: Annotated[str, typer.Option("--defenses", help="Comma list.")] = "none",
-         tasks: Annotated[Optional[str], typer.Option("--tasks", help="Comma list (default per family).")] = None,
+def grid(preset: Annotated[Optional[str], typer.Option("--preset", help="Grid preset (`mmrobust list grids`); its "
+                                                     "n/seed/eps/steps apply where the command line sets none.")] = None,
+         models: Annotated[Optional[str], typer.Option("--models", help="Comma list of models (instead of --preset).")
+                           ] = None,
+         attacks: Annotated[str, typer.Option("--attacks", help="Comma list of attack presets.")] = "pgd",
+         defenses: Annotated[str, typer.Option("--defenses", help="Comma list of defense presets.")] = "none",
+         tasks: Annotated[Optional[str], typer.Option("--tasks", help="Comma list of tasks; default: each model "
+                                                      "family's default task.")] = None,
          eps: EpsOpt = None, norm: NormOpt = None, steps: StepsOpt = None, n: NOpt = 64, seed: SeedOpt = 0,
          batch_size: BatchOpt = 64, device: DeviceOpt = None, dtype: DtypeOpt = "fp32",
          executor: Annotated[str, typer.Option("--executor", help="local or ray (one Ray task per cell).")] = "local",
          address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address, e.g. auto.")] = None,
          out: OutOpt = "results/runs/default",
-         force: Annotated[bool, typer.Option("--force")] = False,
-         allow_pickle: PickleOpt = False, trust_remote_code: RemoteOpt = False, compile: CompileOpt = False) -> None:
+         force: Annotated[bool, typer.Option("--force", help="Recompute cells the store already has.")] = False,
+         allow_pickle: PickleOpt = False, trust_remote_code: RemoteOpt = False, compile: CompileOpt = False,
+         load_dtype: LoadDtypeOpt = "fp32", revision: RevisionOpt = None, device_map: DeviceMapOpt = None) -> None:
     """Run the product of models x attacks x defenses x tasks (or a grid preset); resumable."""
     from robustbench_mm import api
     from robustbench_mm.errors import ConfigError
@@ -112,15 +164,15 @@ def grid(preset: Annotated[Optional[str], typer.Option("--preset", help="Grid pr
     split = lambda s: tuple(x.strip() for x in s.split(",") if x.strip())  # noqa: E731
     spec = _spec("", "pgd", "none", None, eps=eps, norm=norm, steps=steps, n=n, seed=seed, batch_size=batch_size,
                  device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-                 compile=compile)
+                 compile=compile, load_dtype=load_dtype, revision=revision, device_map=device_map)
     adhoc = None if preset else GridSpec(split(models or ""), split(attacks), split(defenses),
                                          split(tasks) if tasks else (None,))
-    cells = api.plan_grid(adhoc, preset, spec)
+    cells = api.plan_grid(adhoc, preset, spec)  # every cell checked before the first runs
     typer.echo(f"grid: {len(cells)} cells -> {out}", err=True)
-    with _progress(len(cells), "cells") as bar:
-        job = bar.add_task("cells", total=len(cells))
+    total = sum(int(c.spec.n or 0) for c in cells)
+    with _reporter(f"grid ({len(cells)} cells)", total) as reporter:
         summaries = api.run_grid(cells, out=out, force=force, executor=executor, address=address,
-                                 on_cell=lambda c, s: (bar.advance(job, 1), _cell_line(c, s)))
+                                 on_cell=lambda c, s: _cell_line(c, s), progress=reporter.advance)
     failed = sum(s.status == "failed" for s in summaries)
     typer.echo(f"done: {len(summaries) - failed} ok/skipped, {failed} failed; store {out}")
 
@@ -149,14 +201,14 @@ def _print_summary(summary: Any, out: str) -> None:
 
 
 @app.command("list")
-def list_cmd(kind: Annotated[str, typer.Argument(help="models, attacks, defenses or tasks")],
-             as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def list_cmd(kind: Annotated[str, typer.Argument(help="models, attacks, defenses, tasks or grids")],
+             as_json: JsonOpt = False) -> None:
     """List registered names."""
-    from robustbench_mm import api
     from robustbench_mm.errors import ConfigError
 
     if kind not in KINDS:
         raise ConfigError(f"list {kind!r}: choose one of {', '.join(KINDS)}")
+    from robustbench_mm import api
     rows = api.list_names(kind)
     if as_json:
         typer.echo(json.dumps(rows, indent=2, default=str))
@@ -164,7 +216,8 @@ def list_cmd(kind: Annotated[str, typer.Argument(help="models, attacks, defenses
     from rich.console import Console
     from rich.table import Table
 
-    cols = ["name", "family", "available", "source"] if kind == "models" else ["name", "impl", "description"]
+    cols = {"models": ["name", "family", "available", "source"], "grids": ["name", "cells", "description"]}.get(
+        kind, ["name", "impl", "description"])
     table = Table(*cols)
     for r in rows:
         table.add_row(*(str(r.get(c, "")) for c in cols))
@@ -232,7 +285,7 @@ def train(defense: DefenseOpt, model: Model,
 def sanity(model: Model, defense: DefenseOpt = "none", task: TaskOpt = None, n: NOpt = 64, eps: EpsOpt = None,
            steps: Annotated[int, typer.Option("--steps", help="APGD steps of the base attack.")] = 20,
            seed: SeedOpt = 0, device: DeviceOpt = None,
-           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+           as_json: JsonOpt = False) -> None:
     """Gradient-masking sanity checks (docs/checks.md); exits 1 if any fails."""
     from robustbench_mm import api
 
@@ -261,7 +314,7 @@ def validate() -> None:
 
 
 @store_app.command("check")
-def store_check(out: Annotated[str, typer.Argument()]) -> None:
+def store_check(out: Annotated[str, typer.Argument(help="Result store directory.")]) -> None:
     """List damaged files in a store; exit 1 if any."""
     from robustbench_mm.runner.store import ResultStore
 
@@ -274,7 +327,7 @@ def store_check(out: Annotated[str, typer.Argument()]) -> None:
 
 
 @store_app.command("repair")
-def store_repair(out: Annotated[str, typer.Argument()]) -> None:
+def store_repair(out: Annotated[str, typer.Argument(help="Result store directory.")]) -> None:
     """Quarantine damaged cells, keep every valid row, rebuild the merged tables."""
     from robustbench_mm.runner.store import ResultStore
 
@@ -318,7 +371,8 @@ def leaderboard(run_dirs: Annotated[list[str], typer.Argument(help="Protocol sto
 def reproduce(spec: Annotated[Optional[str], typer.Argument(help="Paper spec (tasks/papers/) or YAML path.")] = None,
               list_specs: Annotated[bool, typer.Option("--list", help="List the paper specs.")] = False,
               zoo: Annotated[bool, typer.Option("--zoo", help="Same protocol on the bundled tiny models.")] = False,
-              n: NOpt = None, device: DeviceOpt = None,
+              n: Annotated[Optional[int], typer.Option("--n", help="Samples per cell; default: the spec's.")] = None,
+              device: DeviceOpt = None,
               out: Annotated[str, typer.Option("--out", help="Results folder (writes papers/<spec>.md).")] = "results"
               ) -> None:
     """Reproduce a paper table: run its cells and print ours vs the published values."""
@@ -369,7 +423,10 @@ def main() -> None:
 
     warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    debug = "--debug" in sys.argv
+    debug = "--debug" in sys.argv[1:]
+    if debug:  # accepted anywhere on the line, also after the subcommand
+        STATE["debug"] = True
+        sys.argv = [sys.argv[0]] + [a for a in sys.argv[1:] if a != "--debug"]
     exits, aborts, usage = _click_classes()
     try:
         # without standalone mode click *returns* the code of a ``typer.Exit(n)`` instead of raising

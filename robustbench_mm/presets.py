@@ -29,9 +29,10 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]*$")
 
 
 def presets_root() -> Path:
-    """Folder holding attacks/, defenses/, tasks/: the repo root in an editable install."""
+    """Folder holding attacks/, defenses/, tasks/: ``robustbench_mm/_presets`` in an installed
+    package (copied there at build time by setup.py), the checkout's root in an editable install."""
     here = Path(__file__).resolve().parent
-    for candidate in (here.parent, here / "_presets"):
+    for candidate in (here / "_presets", here.parent):
         if (candidate / "attacks").is_dir() and (candidate / "tasks").is_dir():
             return candidate
     raise ConfigError(f"preset folders attacks/, tasks/ not found next to {here}; reinstall mmrobust")

@@ -19,6 +19,7 @@ from robustbench_mm.attacks.worst_case import RunResult, fold_worst_case
 from robustbench_mm.attacks.base import ATTACKS, Attack, check_threat
 from robustbench_mm.attacks.objectives import has_logits
 from robustbench_mm.errors import ConfigError
+from robustbench_mm.runner import progress
 from robustbench_mm.types import AttackResult, Batch, Objective
 
 
@@ -86,6 +87,7 @@ def run_in_sequence(model: Any, batch: Batch, objective: Objective, runs: list[t
         def run(alive: Tensor | None) -> RunResult:
             nonlocal queries
             sub = batch if alive is None else batch.select(alive)
+            progress.member(attack.name)
             res = attack.perturb(model, sub, attack.prepare(model, sub, obj), generator=generator)
             queries += res.queries
             with torch.no_grad():  # fp32 verdict and the task objective, comparable across runs

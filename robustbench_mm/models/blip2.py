@@ -142,4 +142,4 @@ def load_blip2(source: str, options: Any) -> Blip2Adapter:
     mean, std, size = image_stats(source, image_processor, kw, default_size=model.config.vision_config.image_size)
     adapter = Blip2Adapter(model, tokenizer, image_size=size, mean=mean, std=std,
                            revision=weights_revision(source, model))
-    return adapter.to(options.device)
+    return adapter if getattr(options, "device_map", None) else adapter.to(options.device)

@@ -138,6 +138,8 @@ def load_hf_clip(source: str, *, options: Any) -> HFClip:
         trust_remote_code=options.trust_remote_code,
         use_safetensors=None if options.allow_pickle else True,
     )
+    if getattr(options, "device_map", None):
+        kwargs["device_map"] = options.device_map
     try:
         model = CLIPModel.from_pretrained(source, dtype=DTYPES[options.dtype], **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
@@ -155,7 +157,7 @@ def load_hf_clip(source: str, *, options: Any) -> HFClip:
     if local and proc.exists():
         cfg = json.loads(proc.read_text())
         mean, std = cfg.get("image_mean", mean), cfg.get("image_std", std)
-    adapter = HFClip(model.to(options.device), tokenizer, mean, std)
+    adapter = HFClip(model if getattr(options, "device_map", None) else model.to(options.device), tokenizer, mean, std)
     adapter.revision = weights_revision(Path(source)) if local else str(getattr(model.config, "_commit_hash", "") or "")
     return adapter
 
@@ -175,7 +177,7 @@ def load_open_clip(source: str, *, options: Any) -> OpenClip:
             name, pretrained = parts[0], (parts[1] if len(parts) > 1 else None)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=pretrained, precision="bf16" if options.dtype == "bf16" else "fp32"
+            name, pretrained=pretrained, precision={"bf16": "bf16", "fp16": "fp16"}.get(options.dtype, "fp32")
         )
         tokenizer = open_clip.get_tokenizer(name)
     except (OSError, RuntimeError, ValueError) as exc:

@@ -125,7 +125,7 @@ def load_llava(source: str, options: Any) -> LlavaAdapter:
     mean, std, size = image_stats(source, image_processor, kw, default_size=model.config.vision_config.image_size)
     adapter = LlavaAdapter(model, tokenizer, image_size=size, mean=mean, std=std, chat_template=chat_template,
                            image_token=image_token, revision=weights_revision(source, model))
-    return adapter.to(options.device)
+    return adapter if getattr(options, "device_map", None) else adapter.to(options.device)
 
 
 # ==== shared helpers (also used by blip2.py) =================================================
@@ -152,7 +152,7 @@ def torch_dtype(options: Any) -> torch.dtype:
     dtypes = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
               "fp16": torch.float16, "float16": torch.float16}
     if options.dtype not in dtypes:
-        raise WeightsError(f"unknown dtype {options.dtype!r}; use fp32 or bf16")
+        raise WeightsError(f"unknown dtype {options.dtype!r}; use fp32, fp16 or bf16")
     return dtypes[options.dtype]
 
 
@@ -162,6 +162,8 @@ def hf_from_pretrained(cls: Any, source: str, options: Any, kw: dict[str, Any]) 
     if not options.trust_remote_code:
         model_kw.pop("trust_remote_code", None)
     try:
+        if getattr(options, "device_map", None):  # accelerate places the layers; adapters skip .to(device)
+            model_kw["device_map"] = options.device_map
         model = cls.from_pretrained(source, dtype=torch_dtype(options), use_safetensors=not options.allow_pickle,
                                     **model_kw)
     except ValueError as err:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from robustbench_mm.errors import UnknownNameError, WeightsError
+from robustbench_mm.models import hub
 from robustbench_mm.registry import Registry, unknown_name_message
 
 log = logging.getLogger(__name__)
@@ -40,9 +41,14 @@ class ModelEntry:
     source: str
     bundled: bool = False
     params: int = 0
+    revision: str = ""  # hub commit the cache resolved to (recorded per row; part of the cell id)
 
     def resolved_source(self) -> str:
         return str(ZOO_DIR / self.source) if self.bundled else self.source
+
+    def is_hub(self) -> bool:
+        return not self.bundled and not Path(self.resolved_source()).exists() and \
+            (self.source.startswith("open_clip:hf-hub:") or not self.source.startswith("open_clip:"))
 
     def available(self) -> bool:
         """Weights present without network: bundled, a local dir, or in the HF / open_clip cache."""
@@ -56,7 +62,7 @@ class ModelEntry:
         gets new cell ids; hub ids are identified by name (their revision is recorded per row)."""
         path = Path(self.resolved_source())
         if not path.is_dir():
-            return ""
+            return self.revision
         import hashlib
 
         h = hashlib.sha256()
@@ -74,10 +80,7 @@ class ModelEntry:
 
 MODELS: Registry[ModelEntry] = Registry("model")
 
-_HF_CLIP = "robustbench_mm.models.clip:load_hf_clip"
-_OPEN_CLIP = "robustbench_mm.models.clip:load_open_clip"
-_LLAVA = "robustbench_mm.models.llava:load_llava"
-_BLIP2 = "robustbench_mm.models.blip2:load_blip2"
+_HF_CLIP, _OPEN_CLIP, _LLAVA, _BLIP2 = hub.HF_CLIP, hub.OPEN_CLIP, hub.LLAVA, hub.BLIP2
 
 _ENTRIES = [
     # bundled zoo: trained on Fashion-MNIST by scripts/train_zoo.py, see each MODEL_CARD.md
@@ -133,64 +136,86 @@ def resolve_model_name(name: str) -> str:
         real, tiny = ALIASES[name]
         if MODELS.get(real).available():
             return real
-        log.warning("%s: weights of %s not found locally; using bundled %s", name, real, tiny)
+        log.warning("--model %s: weights of %s are not in the local cache; running the bundled %s instead "
+                    "(rows and progress say %s)", name, real, tiny, tiny)
         return tiny
-    if name in MODELS or _is_local_model_dir(name):
+    if name in MODELS or _is_local_model_dir(name) or hub.is_model_dir(name) or hub.looks_like_hub_id(name):
         return name
     available = MODELS.names() + sorted(ALIASES)
-    raise UnknownNameError(unknown_name_message("model", name, available))
+    raise UnknownNameError(unknown_name_message("model", name, available)
+                           + " A model can also be a local directory with a config.json or a Hugging Face id "
+                           "owner/name.")
 
 
 def _is_local_model_dir(name: str) -> bool:
-    return os.sep in name and Path(name).is_dir()
+    return (os.sep in name or name.startswith(".")) and Path(name).is_dir()
 
 
-def entry_for(name: str) -> ModelEntry:
-    """Registry entry for a name, or an ad-hoc entry for a local model directory."""
+def entry_for(name: str, revision: str | None = None) -> ModelEntry:
+    """Registry entry for a name, an ad-hoc entry for a local model directory, or a hub id's entry
+    (family from its config.json ``architectures``; resolved commit in ``revision``).
+
+    Raises ``WeightsError`` (naming ``hf download``/``HF_HOME``) when a hub model is neither cached
+    nor downloadable; reads at most the config, never weights.
+    """
     if name in MODELS:
-        return MODELS.get(name)
-    path = Path(name).resolve()
-    family = _guess_family(path)
-    loader = {"clip": _HF_CLIP, "llava": _LLAVA, "blip2": _BLIP2, "open_clip": _OPEN_CLIP}[family]
-    return ModelEntry(str(path), "clip" if family == "open_clip" else family, loader, str(path))
-
-
-def _guess_family(path: Path) -> str:
-    import json
-
-    if (path / "open_clip_config.json").exists():
-        return "open_clip"
-    cfg = path / "config.json"
-    if not cfg.exists():
-        raise WeightsError(f"{path}: no config.json or open_clip_config.json; not a model directory")
-    model_type = json.loads(cfg.read_text()).get("model_type", "")
-    for family in ("llava", "blip-2", "clip"):
-        if model_type.startswith(family):
-            return family.replace("-", "")
-    raise WeightsError(f"{path}: model_type {model_type!r} is not CLIP, LLaVA or BLIP-2")
+        entry = MODELS.get(name)
+        if entry.is_hub():
+            found = hub.locate_hub(entry.source, revision)
+            entry = replace(entry, revision=found.revision)
+        return entry
+    if Path(name).is_dir():
+        path = Path(name).resolve()
+        found = hub.locate_dir(path)
+        return ModelEntry(str(path), found.family, found.loader, str(path))
+    found = hub.locate_hub(name, revision)
+    source = f"open_clip:hf-hub:{hub.repo_of(name)}" if found.loader == _OPEN_CLIP else name
+    return ModelEntry(name, found.family, found.loader, source, revision=found.revision)
 
 
 @dataclass(frozen=True)
 class LoadOptions:
+    """How weights load. ``dtype`` is the load precision (``--load-dtype``), not the attack's search
+    precision; ``revision`` pins a hub commit/branch/tag; ``device_map="auto"`` lets accelerate place
+    a large model (7B+) across devices instead of moving it to ``device``."""
+
     device: str = "cpu"
     dtype: str = "fp32"
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    revision: str | None = None
+    device_map: str | None = None
+
+
+def check_available(entry: ModelEntry) -> None:
+    """Raise ``WeightsError`` naming how to get the weights when they are not present."""
+    if entry.available():
+        return
+    if entry.is_hub():
+        raise WeightsError(hub.missing_message(entry.source.removeprefix("open_clip:")))
+    fallback = ALIASES.get(entry.family, ("", "clip-tiny"))[1]
+    raise WeightsError(f"weights for {entry.name} not found at {entry.resolved_source()} (open_clip pretrained "
+                       f"tags download on first use, which needs network); use the bundled --model {fallback}")
 
 
 def load_model(name: str, options: LoadOptions | None = None) -> Any:
-    """Load a model by registry name, alias or local directory; returns a frozen VLM."""
+    """Load a model by registry name, alias, local directory or hub id; returns a frozen VLM whose
+    ``name`` is the model actually loaded and ``revision`` the hub commit (or weights hash)."""
     options = options or LoadOptions()
-    entry = entry_for(resolve_model_name(name))
-    if not entry.available():
-        fallback = ALIASES.get(entry.family, ("", "clip-tiny"))[1]
-        raise WeightsError(
-            f"weights for {entry.name} not found (looked for {entry.resolved_source()} locally and in "
-            f"the Hugging Face cache; no network); use the bundled --model {fallback} instead"
-        )
+    entry = entry_for(resolve_model_name(name), options.revision)
     _quiet_transformers()
-    model = entry.load_fn()(entry.resolved_source(), options=options)
+    source = entry.resolved_source()
+    if entry.is_hub() and not entry.source.startswith("open_clip:hf-hub:"):
+        source = hub.snapshot(entry.source, entry.revision or options.revision, options.allow_pickle)
+    elif entry.source.startswith("open_clip:hf-hub:") and entry.revision:
+        source = hub.snapshot(entry.source, entry.revision, options.allow_pickle)
+    elif not entry.is_hub() and not entry.bundled and not Path(source).exists() and not \
+            source.startswith("open_clip:"):
+        check_available(entry)
+    model = entry.load_fn()(source, options=options)
     model.name = entry.name
+    if entry.revision:
+        model.revision = entry.revision
     return model.freeze()
 
 

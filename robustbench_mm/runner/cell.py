@@ -58,9 +58,11 @@ def run_cell(spec: CellSpec | ResolvedCell, *, store: ResultStore, force: bool =
         log.info("cell %s already in %s; skipped", cell.cell_id, store.root)
         return CellSummary(cell.cell_id, "skipped", store.cell_row(cell.cell_id) or {})
     start = time.time()
-    model = load_model(cell.model_name, LoadOptions(device=str(device), dtype="fp32",
+    model = load_model(cell.model_name, LoadOptions(device=str(device), dtype=cell.spec.load_dtype,
                                                     allow_pickle=cell.spec.allow_pickle,
-                                                    trust_remote_code=cell.spec.trust_remote_code))
+                                                    trust_remote_code=cell.spec.trust_remote_code,
+                                                    revision=cell.entry.revision or cell.spec.revision,
+                                                    device_map=cell.spec.device_map))
     if cell.spec.compile:
         model.compile_for_attacks()
     try:
@@ -284,6 +286,7 @@ def summary_row(cell: ResolvedCell, model: Any, device: torch.device, tables: di
         "versions": provenance.versions_json(), "model_revision": getattr(model, "revision", ""),
         "schema_version": SCHEMA_VERSION, "batch_size": cell.spec.batch_size,
         **score_summary(cell.task, cell.entry.family, samples),
+        "load_dtype": cell.spec.load_dtype, "device_map": cell.spec.device_map or "",
     }
 
 

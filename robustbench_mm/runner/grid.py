@@ -23,27 +23,52 @@ class GridSpec:
 
 
 def expand(grid: GridSpec, template: CellSpec) -> list[ResolvedCell]:
-    """All cells of the grid, resolved up front so bad input fails before anything runs.
+    """All cells of the grid, resolved up front: every cell is checked before the first one runs.
 
-    A task a model family cannot do is skipped in a grid (the product is over names), but an
-    explicit single-task grid where no model fits is an error, raised by ``resolve``.
+    The grid is a product over names, so a (model, task) pair whose family cannot do the task is
+    skipped when the grid lists several tasks and another model takes it (``zoo-clean``: CLIP
+    models take the zero-shot task, LVLMs the VQA one). Anything else wrong in any cell - a name, a
+    budget, ``--n``, a defense that does not apply to a model, missing weights, a model left with
+    no task - rejects the whole grid with one line naming the cell and the fix.
     """
-    from robustbench_mm.errors import CapabilityError
+    from robustbench_mm.errors import MMRobustError
+    from robustbench_mm.runner.resolve import TaskMismatch
 
-    cells, errors = [], []
-    for model, attack, defense, task in itertools.product(grid.models, grid.attacks, grid.defenses, grid.tasks):
+    cells: list[ResolvedCell] = []
+    errors: list[tuple[str, MMRobustError]] = []
+    skipped: list[TaskMismatch] = []
+    combos = list(itertools.product(grid.models, grid.attacks, grid.defenses, grid.tasks))
+    for model, attack, defense, task in combos:
         spec = replace(template, model=model, attack=attack, defense=defense, task=task)
+        where = f"{model} / {attack} / {defense} / {task or 'default task'}"
         try:
             cells.append(resolve(spec))
-        except CapabilityError as exc:
-            errors.append(exc)
-    if not cells and errors:
-        raise errors[0]
-    for exc in errors:
-        log.warning("skipped incompatible cell: %s", exc)
+        except TaskMismatch as exc:
+            if len(grid.tasks) > 1:
+                skipped.append(exc)
+            else:
+                errors.append((where, exc))
+        except MMRobustError as exc:
+            errors.append((where, exc))
+    for model in grid.models:
+        if not errors and not any(c.spec.model == model for c in cells):
+            errors.append((model, _no_task(model, skipped)))
+    if errors:
+        where, exc = errors[0]
+        more = f" (and {len(errors) - 1} more of the {len(combos)} cells)" if len(errors) > 1 else ""
+        raise type(exc)(f"grid cell {where}: {exc}{more}; nothing was run")
+    for exc in skipped:
+        log.info("skipped incompatible pair: %s", exc)
     seen: set[str] = set()
     unique = [c for c in cells if not (c.cell_id in seen or seen.add(c.cell_id))]  # type: ignore[func-returns-value]
     return unique
+
+
+def _no_task(model: str, skipped: list[Any]) -> Exception:
+    from robustbench_mm.errors import CapabilityError
+
+    reason = next((str(e) for e in skipped if repr(model) in str(e) or model in str(e)), "")
+    return CapabilityError(f"no task of the grid applies to model {model!r}" + (f" ({reason})" if reason else ""))
 
 
 def run_grid(cells: list[ResolvedCell], store: ResultStore, *, force: bool = False,
@@ -53,6 +78,8 @@ def run_grid(cells: list[ResolvedCell], store: ResultStore, *, force: bool = Fal
     summaries = []
     for cell in cells:
         summary = run_cell(cell, store=store, force=force, progress=progress)
+        if summary.status == "skipped" and progress:  # a finished cell counts as done in the progress
+            progress(int(cell.spec.n or 0))
         summaries.append(summary)
         if on_cell:
             on_cell(cell, summary)

@@ -12,7 +12,7 @@ from robustbench_mm.attacks.base import ATTACKS, Attack
 from robustbench_mm.attacks.objectives import has_logits
 from robustbench_mm.defenses.base import DEFENSES, Defense
 from robustbench_mm.errors import CapabilityError, ConfigError
-from robustbench_mm.models.zoo import ModelEntry, entry_for, resolve_model_name
+from robustbench_mm.models.zoo import ModelEntry, check_available, entry_for, resolve_model_name
 from robustbench_mm.presets import Preset, load_preset, load_raw, stable_hash
 from robustbench_mm.runner.store import SCHEMA_VERSION
 from robustbench_mm.tasks.base import TASKS, Task
@@ -24,6 +24,12 @@ FAMILY_CAPABILITIES = {
 }
 DEFAULT_TASKS = {"clip": "fmnist-zeroshot", "llava": "fmnist-vqa", "blip2": "fmnist-vqa"}
 DTYPES = ("fp32", "bf16")
+LOAD_DTYPES = ("fp32", "fp16", "bf16")
+DEVICE_MAPS = ("auto",)
+
+
+class TaskMismatch(CapabilityError):
+    """The task needs a capability the model's family lacks (a grid may skip such a pair)."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,9 @@ class CellSpec:
     allow_pickle: bool = False  # load-time permissions: not part of the cell's identity
     trust_remote_code: bool = False
     compile: bool = False  # torch.compile for speed: an execution option like device, not identity
+    load_dtype: str = "fp32"  # precision the weights load in (--load-dtype); part of identity when not fp32
+    revision: str | None = None  # hub branch/tag/commit to load (--revision); the resolved commit is identity
+    device_map: str | None = None  # "auto": accelerate places a large model; execution option
 
 
 @dataclass
@@ -68,7 +77,8 @@ class ResolvedCell:
 
 
 def cell_config(entry: ModelEntry, attack: Preset, defense: Preset, task: Preset, spec: CellSpec) -> dict[str, Any]:
-    return {
+    extra = {"load_dtype": spec.load_dtype} if spec.load_dtype != "fp32" else {}  # fp32 cells keep their old ids
+    return {**extra,
         "schema_version": SCHEMA_VERSION,
         "model": {"name": entry.name, "source": entry.source, "weights": entry.fingerprint()},
         "attack": attack.config(),
@@ -89,12 +99,12 @@ def _register_all() -> None:
 def resolve(spec: CellSpec) -> ResolvedCell:
     """Validate names, overrides and compatibility; build attack, defense and task objects."""
     _register_all()
-    if spec.dtype not in DTYPES:
-        raise ConfigError(f"--dtype {spec.dtype!r} must be one of {', '.join(DTYPES)}")
-    if spec.batch_size <= 0:
-        raise ConfigError(f"--batch-size {spec.batch_size} must be a positive integer")
+    check_scalars(spec)
     model_name = resolve_model_name(spec.model)
-    entry = entry_for(model_name)
+    entry = entry_for(model_name, spec.revision)
+    if spec.revision and not entry.is_hub():
+        raise ConfigError(f"--revision applies to Hugging Face ids; {entry.name!r} is bundled or a local directory")
+    check_available(entry)
     overrides = {"eps": spec.eps, "steps": spec.steps, "norm": spec.norm}
     if spec.dtype == "bf16":  # --dtype bf16: the search runs under bf16 autocast; verdicts stay fp32
         overrides["search_dtype"] = "bf16"
@@ -108,6 +118,8 @@ def resolve(spec: CellSpec) -> ResolvedCell:
     _check_compatible(entry, defense, task)
     if hasattr(task, "bind_family"):  # per-family prompts (LLaVA and BLIP-2 were evaluated differently)
         task.bind_family(entry.family)
+    check_n(spec, task)
+    check_targeted(attack, task)
     attack_preset, attack = adaptive_margin(attack_preset, attack, defense, task)
     certify = defense.certifies if spec.certify is None else spec.certify
     if certify and not defense.certifies:
@@ -116,6 +128,46 @@ def resolve(spec: CellSpec) -> ResolvedCell:
     config["certify"] = certify
     return ResolvedCell(spec, model_name, entry, attack_preset, defense_preset, task_preset, attack, defense, task,
                         stable_hash(config), certify)
+
+
+def check_scalars(spec: CellSpec) -> None:
+    """Options that need no preset: rejected before names are even looked up."""
+    if spec.dtype not in DTYPES:
+        raise ConfigError(f"--dtype {spec.dtype!r} must be one of {', '.join(DTYPES)}")
+    if spec.load_dtype not in LOAD_DTYPES:
+        raise ConfigError(f"--load-dtype {spec.load_dtype!r} must be one of {', '.join(LOAD_DTYPES)}")
+    if spec.batch_size <= 0:
+        raise ConfigError(f"--batch-size {spec.batch_size} must be a positive integer")
+    if spec.n is not None and spec.n <= 0:
+        raise ConfigError(f"--n {spec.n} must be a positive number of samples")
+    if spec.eps is not None and not 0 <= spec.eps < float("inf"):
+        raise ConfigError(f"--eps {spec.eps:g} must be a non-negative budget in pixel units (e.g. 8/255)")
+    if spec.steps is not None and spec.steps < 0:
+        raise ConfigError(f"--steps {spec.steps} must be a non-negative integer")
+    if spec.norm is not None and spec.norm not in ("linf", "l2"):
+        raise ConfigError(f"--norm {spec.norm!r} must be linf or l2")
+    if spec.device_map is not None:
+        if spec.device_map not in DEVICE_MAPS:
+            raise ConfigError(f"--device-map {spec.device_map!r}: only 'auto' is supported")
+        import importlib.util
+
+        if importlib.util.find_spec("accelerate") is None:
+            raise ConfigError("--device-map auto needs the accelerate package: pip install accelerate")
+    from robustbench_mm.runner.cell import pick_device
+
+    pick_device(spec.device)
+
+
+def check_n(spec: CellSpec, task: Task) -> None:
+    """``--n`` within the task's evaluation split (reads the split's size, never a model)."""
+    if spec.n is not None:
+        task.sample_indices(n=spec.n, seed=spec.seed)
+
+
+def check_targeted(attack: Attack, task: Task) -> None:
+    if getattr(attack, "targeted", False) and type(task).targeted_objective is Task.targeted_objective:
+        raise CapabilityError(f"attack {attack.name!r} is targeted but task {task.name!r} has no targets; "
+                              f"use an untargeted attack such as pgd")
 
 
 def _attack_overrides(attack: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -166,16 +218,26 @@ def _build(cls: Any, preset: Preset) -> Any:
     except TypeError as exc:
         raise ConfigError(f"{preset.path}: {exc}") from None
     except ConfigError as exc:
-        raise ConfigError(f"{preset.path}: {exc}") from None
+        raise ConfigError(f"{_blame(preset, str(exc))}: {exc}") from None
     obj.name = preset.name
     return obj
+
+
+def _blame(preset: Preset, message: str) -> str:
+    """The command line when the rejected value came from a flag (``--eps 2``), else the preset file."""
+    flagged = [k for k in preset.overrides if k in message]
+    if not flagged:
+        return preset.path
+    flags = ", ".join(f"--{k.replace('_', '-')} {preset.overrides[k]:g}" if isinstance(preset.overrides[k], float)
+                      else f"--{k.replace('_', '-')} {preset.overrides[k]}" for k in flagged)
+    return f"command line ({flags}, applied to {preset.kind} {preset.name})"
 
 
 def _check_compatible(entry: ModelEntry, defense: Defense, task: Task) -> None:
     caps = FAMILY_CAPABILITIES[entry.family]
     missing = task.requires - caps
     if missing:
-        raise CapabilityError(
+        raise TaskMismatch(
             f"task {task.name!r} needs {', '.join(sorted(missing))}, which {entry.family} model {entry.name!r} "
             f"lacks; use --task {DEFAULT_TASKS[entry.family]} or a {'/'.join(sorted(task.families))} model"
         )
