@@ -141,10 +141,14 @@ def worst_case(cells: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:
 
 
 def certified_table(cells: pd.DataFrame, cert: pd.DataFrame) -> pd.DataFrame:
+    """Certified rows with provenance; ``bound_kind`` says which may be called certified."""
+    from robustbench_mm.report.bound_kind import with_bound_kind
+
     cols = ["task", "model", "defense", "quantity", "radius", "mean", "q05", "median", "abstain_rate", "n",
-            "mc_samples", "alpha", "model_revision", "defense_config", "git_commit", "cell_id"]
+            "mc_samples", "alpha", "model_revision", "defense_config", "git_commit", "cell_id", "bound_kind"]
     if cert.empty:
         return pd.DataFrame(columns=cols)
+    cert = with_bound_kind(cert)
     prov = cells[["cell_id", "model_revision", "defense_config", "git_commit"]]
     df = cert.drop(columns=[c for c in prov.columns if c != "cell_id" and c in cert.columns]).merge(
         prov, on="cell_id", how="left")

@@ -62,9 +62,11 @@ def asr_vs_eps(cells: pd.DataFrame, worst: pd.DataFrame, task: str) -> bytes | N
     return _png(fig)
 
 
-def certified_vs_radius(certified: pd.DataFrame, task: str, quantity: str) -> bytes | None:
-    """Mean certified quantity (solid) and its 5% quantile (dashed) against the l2 radius."""
-    c = certified[(certified["task"] == task) & (certified["quantity"] == quantity)]
+def certified_vs_radius(certified: pd.DataFrame, task: str, quantity: str, kind: str = "sound") -> bytes | None:
+    """Mean certified quantity (solid) and its 5% quantile (dashed) against the l2 radius, for the
+    rows of one ``bound_kind``; an ``estimate`` plot says so on its axis and title."""
+    kinds = certified["bound_kind"] if "bound_kind" in certified else pd.Series("estimate", index=certified.index)
+    c = certified[(certified["task"] == task) & (certified["quantity"] == quantity) & (kinds == kind)]
     if c.empty:
         return None
     plt = _pyplot()
@@ -74,8 +76,9 @@ def certified_vs_radius(certified: pd.DataFrame, task: str, quantity: str) -> by
         line = ax.plot(g["radius"], g["mean"], marker="o", label=_label(model, defense))[0]
         ax.plot(g["radius"], g["q05"], linestyle="--", color=line.get_color(), alpha=0.7)
     ax.set_xlabel("l2 radius (pixel scale)")
-    ax.set_ylabel(_label(quantity) + " (mean; dashed: 5% quantile)")
-    ax.set_title(_label(task, quantity), fontsize=10)
+    name = quantity if kind == "sound" else f"{quantity} (estimate, not certified)"
+    ax.set_ylabel(_label(name) + " (mean; dashed: 5% quantile)")
+    ax.set_title(_label(task, name), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     return _png(fig)
