@@ -164,6 +164,7 @@ class FeatureSmoothingPSM(FeatureSmoothing):
         """``mmrobust train --defense fs-psm --model M``: train the PSM (2.12) into ``out`` (default: the
         cache; copy to ``fs_psm/weights/<model>/`` to ship). Matching finished weights are reused unless
         ``force``. Returns ``{path, reused, key, metrics}`` (metrics: held-out S_hat before/after)."""
+        self.check_training_data()
         key = cache_key(model, self.train_config)
         found = None if force else find_weights(model, key, Path(out) if out else None)
         if found is not None:
@@ -175,6 +176,12 @@ class FeatureSmoothingPSM(FeatureSmoothing):
             psm_path, reused = target, False
         self._cache[(getattr(model, "name", ""), getattr(model, "revision", ""))] = psm
         return {"path": str(psm_path), "reused": reused, "key": key, "metrics": state.metrics}
+
+    def check_training_data(self) -> None:
+        """``mmrobust train`` calls this before loading the model: the train split must be present."""
+        from robustbench_mm.defenses.fs_psm.data import require_train_split
+
+        require_train_split()
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "psm": "purifier+mapper" if self.train_config.use_purifier else "mapper"}
