@@ -253,6 +253,14 @@ class CRMT(TrainingDefense):
         self._record(locals())
 
     certifies = True
+    bound_kind = "estimate"
+    certificate_note = (
+        "**Estimate, not a certificate.** The radius `r(x) = min_k (h_y - h_k) / sqrt(sum_m (|a_y| tau_y + "
+        "|a_k| tau_k)^2)` divides the fused margin by `tau`, the largest gradient norm of each uni-modal score "
+        "seen on `lip_n` training samples. That is an estimate of the encoder's Lipschitz constant, not an "
+        "upper bound, so `certified_accuracy` rows carry `bound_kind = estimate` and are never reported as "
+        "certified. It certifies the classifier it attacks: the image+text fusion head, on the task "
+        "`fmnist-multimodal` only (other tasks are refused).")
 
     def certificate_radii(self) -> tuple[float, ...]:
         return tuple(float(r) for r in self.radii)

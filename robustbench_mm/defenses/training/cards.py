@@ -10,8 +10,14 @@ def write_card(out: Path, record: dict[str, Any]) -> None:
     """``DEFENSE_CARD.md``: recipe, training time and the measured accuracy."""
     r = record["recipe"]
     params = "\n".join(f"- `{k}`: {v}" for k, v in sorted(r["params"].items()))
-    metrics = "\n".join(f"- {k}: **{v * 100:.2f}%**" if isinstance(v, float) and "accuracy" in k
-                        else f"- {k}: {v}" for k, v in record["metrics"].items())
+    estimate = record.get("bound_kind") == "estimate"
+
+    def name(k: str) -> str:  # an estimated certificate is never called certified on its own
+        return f"{k} (estimate, not certified)" if estimate and k.startswith("certified") else k
+
+    metrics = "\n".join(f"- {name(k)}: **{v * 100:.2f}%**" if isinstance(v, float) and "accuracy" in k
+                        else f"- {name(k)}: {v}" for k, v in record["metrics"].items())
+    cert = f"\n## Certificate\n\n{record['certificate']}\n" if record.get("certificate") else ""
     env = record["environment"]
     data = record.get("training_data") or {}
     data_line = (f"Data record: split `{data.get('split')}`, {data.get('images')} images, sha256 `{data.get('sha256')}`."
@@ -29,7 +35,7 @@ Defended weights produced by `robustbench_mm.defenses` ({r['impl']}), recipe has
 Training data: Fashion-MNIST train split (60,000 images, Debian `dataset-fashion-mnist`), at the model's
 resolution through `to_model_pixels`; batches drawn with replacement by a generator seeded per step.
 {data_line}
-
+{cert}
 ## Measured
 
 Training time: {record['train_seconds'] / 60:.1f} min on {env['machine']} ({env['device']}, {env['threads']} threads,

@@ -36,6 +36,8 @@ class TrainingDefense(Defense):
     """
 
     families = frozenset({"clip"})
+    bound_kind = "sound"  # of the certificate, if the defense has one (``sound`` | ``estimate``)
+    certificate_note = ""  # what the certificate rests on, for the card ("" = no certificate)
     params: dict[str, Any]
     steps: int
     batch_size: int
@@ -172,6 +174,8 @@ class TrainingDefense(Defense):
                   "measure_seconds": time.time() - t0, "metrics": metrics,
                   "final_loss": extra["losses"][-1] if extra["losses"] else None,
                   "training_data": training_data().record,
+                  **({"bound_kind": self.bound_kind, "certificate": self.certificate_note}
+                     if self.certificate_note else {}),
                   "environment": {"machine": platform.machine(), "torch": torch.__version__,
                                   "threads": torch.get_num_threads(), "device": str(model.device)},
                   "written": time.strftime("%Y-%m-%d")}
