@@ -1,7 +1,7 @@
 """FS certification throughput: noisy forwards per second of the batched Monte-Carlo loop, against
 the encoder's raw batched forward and against certifying one image at a time.
 
-    OMP_NUM_THREADS=1 python scripts/bench_certify.py                       # clip-tiny, CPU
+    OMP_NUM_THREADS=1 python scripts/bench_certify.py --pairs 256x1,256x8,256x32,1000x8 --repeats 1   # committed CPU run
     python scripts/bench_certify.py --device cuda --models clip-tiny,llava-tiny --n 1000 --batch 8,64
 
 For each (model, n, batch): ``batch`` bundled images are certified with ``n0 + n`` noise draws
@@ -83,6 +83,7 @@ def main() -> None:
     ap.add_argument("--models", default="clip-tiny")
     ap.add_argument("--n", default="256,1000", help="estimation samples per image (comma list)")
     ap.add_argument("--batch", default="1,8,32", help="images per certify call (comma list)")
+    ap.add_argument("--pairs", default="", help="explicit n x batch cases, e.g. 256x1,256x32,1000x8 (overrides --n/--batch)")
     ap.add_argument("--chunk", type=int, default=1024, help="noisy images per encoder call")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=2)
@@ -90,8 +91,9 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     device = torch.device(args.device)
-    rows = [bench(m, int(n), int(b), device, args.chunk, args.repeats)
-            for m in args.models.split(",") for n in args.n.split(",") for b in args.batch.split(",")]
+    cases = ([tuple(int(v) for v in p.split("x")) for p in args.pairs.split(",")] if args.pairs else
+             [(int(n), int(b)) for n in args.n.split(",") for b in args.batch.split(",")])
+    rows = [bench(m, n, b, device, args.chunk, args.repeats) for m in args.models.split(",") for n, b in cases]
     doc = {"device": provenance.device_name(device), "created_at": provenance.now(),
            "versions": provenance.versions(), "threads": torch.get_num_threads(),
            "git_commit": provenance.git_commit(), "sigma": SIGMA, "results": rows}
