@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import torch
 
-from robustbench_mm.defenses.fs_psm.certify import certify_fs
+from robustbench_mm.defenses.fs_psm.certify import auto_chunk, certify_fs
 from robustbench_mm.models.zoo import LoadOptions, load_model
 from robustbench_mm.runner import provenance
 from robustbench_mm.tasks.bundled import fmnist_eval_arrays, to_model_pixels
@@ -84,13 +84,14 @@ def main() -> None:
     ap.add_argument("--n", default="256,1000", help="estimation samples per image (comma list)")
     ap.add_argument("--batch", default="1,8,32", help="images per certify call (comma list)")
     ap.add_argument("--pairs", default="", help="explicit n x batch cases, e.g. 256x1,256x32,1000x8 (overrides --n/--batch)")
-    ap.add_argument("--chunk", type=int, default=1024, help="noisy images per encoder call")
+    ap.add_argument("--chunk", type=int, default=0, help="noisy images per encoder call (0: the certifier's default)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("results/bench"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     device = torch.device(args.device)
+    args.chunk = args.chunk or auto_chunk(device)
     cases = ([tuple(int(v) for v in p.split("x")) for p in args.pairs.split(",")] if args.pairs else
              [(int(n), int(b)) for n in args.n.split(",") for b in args.batch.split(",")])
     rows = [bench(m, n, b, device, args.chunk, args.repeats) for m in args.models.split(",") for n, b in cases]

@@ -150,6 +150,12 @@ def _draws(encoder: Encoder, x: Tensor, sigma: float, k: int, noise: _NoiseStrea
         done += m
 
 
+def auto_chunk(device: torch.device) -> int:
+    """Noisy images per encoder call: 256 on CPU (measured on clip-tiny, one thread: 2,300-3,400
+    forwards/s at 256 against 1,350-1,930 at 1,024), 4,096 on accelerators, which want large batches."""
+    return 256 if device.type == "cpu" else 4096
+
+
 def sample_unit_features(encoder: Encoder, x: Tensor, sigma: float, k: int, generator: torch.Generator,
                          chunk: int = 256) -> Tensor:
     """``[k,D]`` unit features of ``x + sigma z`` for one image ``x`` ``[C,H,W]``."""
@@ -159,7 +165,7 @@ def sample_unit_features(encoder: Encoder, x: Tensor, sigma: float, k: int, gene
 
 def certify_fs(encoder: Encoder, x: Tensor, *, sigma: float, n0: int, n: int, alpha: float,
                radii: Sequence[float], bound: str = "hoeffding", generator: torch.Generator | None = None,
-               chunk: int = 1024, seeds: Sequence[int] | None = None) -> FSCertificate:
+               chunk: int = 0, seeds: Sequence[int] | None = None) -> FSCertificate:
     """CERTIFY_FS on a batch ``x`` ``[B,C,H,W]`` (pixels in [0,1]), every input at once.
 
     Stage 1 draws ``n0`` samples per input for the direction ``u``; stage 2 draws ``n`` fresh samples
@@ -169,12 +175,13 @@ def certify_fs(encoder: Encoder, x: Tensor, *, sigma: float, n0: int, n: int, al
 
     Noise is generated on ``x``'s device, from one generator per input seeded by ``seeds[i]``
     (default: seeds drawn from ``generator``), so an input's certificate does not depend on the
-    batch. Each encoder call sees about ``chunk`` noisy images across the batch.
+    batch. Each encoder call sees about ``chunk`` noisy images across the batch (0: ``auto_chunk``).
     """
     if bound not in ("hoeffding", "bernstein"):
         raise ValueError(f"bound={bound!r} must be hoeffding or bernstein")
     radii = tuple(float(r) for r in radii)
     b = len(x)
+    chunk = chunk if chunk > 0 else auto_chunk(x.device)
     if seeds is None:
         gen = generator if generator is not None else torch.Generator().manual_seed(0)
         seeds = torch.randint(0, 2**62, (b,), generator=gen).tolist()

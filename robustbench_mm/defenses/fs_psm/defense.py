@@ -97,7 +97,7 @@ class FeatureSmoothing(Defense):
         radii = tuple(float(r) for r in radii)
         seeds = [self.seed * 1_000_003 + int(i) + 1 for i in batch.index.tolist()]
         cert = certify_fs(encoder, batch.pixels, sigma=self.sigma, n0=self.n0, n=self.n, alpha=self.alpha,
-                          radii=radii, bound=self.bound, seeds=seeds, chunk=self.chunk or 1024)
+                          radii=radii, bound=self.bound, seeds=seeds, chunk=self.chunk)
         fcsb = cert.fcsb
         frames = [self._rows(batch, radii, "fcsb", fcsb)]
         prompts = batch.extra.get("class_prompts")
