@@ -87,7 +87,8 @@ class FeatureSmoothing(Defense):
 
         ``fcsb`` bounds ``cos(u, f_hat(x+delta))`` for all ``||delta||_2 <= radius`` with ``u`` the
         stage-1 direction, each with probability ``>= 1 - alpha``; abstentions are ``value=NaN,
-        abstain=True``. Every row is ``bound_kind="sound"``: it holds with probability ``>= 1 - alpha``.
+        abstain=True``. Bound rows are ``bound_kind="sound"`` (hold with probability ``>= 1 - alpha``);
+        ``s_hat``, a point estimate, is ``estimate``.
         All images are certified in one batched Monte Carlo loop with noise drawn on their device,
         seeded by (``seed``, dataset index), so a sample's certificate does not depend on the batch.
         """
@@ -122,7 +123,8 @@ class FeatureSmoothing(Defense):
             "radius": torch.tensor(radii, dtype=torch.float64).repeat(b).numpy(),  # float64: runner matches eps
             "quantity": quantity, "value": vals.masked_fill(abstain, float("nan")).flatten().numpy(),
             "abstain": abstain.flatten().numpy(), "mc_samples": self.n, "n0": self.n0, "alpha": self.alpha,
-            "sigma": self.sigma, "bound": self.bound, "bound_kind": "sound",
+            "sigma": self.sigma, "bound": self.bound,
+            "bound_kind": "estimate" if quantity == "s_hat" else "sound",  # s_hat is a point estimate
         })
 
 
