@@ -180,6 +180,8 @@ def train_defense(defense: str, model: str, *, out: str | Path | None = None, re
     if entry.family not in obj.families:
         raise CapabilityError(f"defense {preset.name!r} does not apply to {entry.family} models such as "
                               f"{entry.name!r}; it supports {', '.join(sorted(obj.families))}")
+    if callable(getattr(obj, "check_training_data", None)):
+        obj.check_training_data()  # missing training data: one line, before any model loads
     loaded = load_model(model, LoadOptions(device=pick_device(device).type, dtype="fp32"))
     return obj.train(loaded, out=Path(out) if out else None, resume=resume, force=force)  # type: ignore[no-any-return]
 

@@ -46,6 +46,10 @@ class Defense(ABC):
         """
         return None
 
+    def check_task(self, task: Any) -> None:
+        """Raise ``CapabilityError`` (one line naming a task that works) when this defense cannot be
+        evaluated honestly on ``task``; the runner calls it before any model loads."""
+
     def certificate_radii(self) -> tuple[float, ...]:
         """Radii reported in certified.parquet (preset list)."""
         return ()

@@ -253,9 +253,29 @@ class CRMT(TrainingDefense):
         self._record(locals())
 
     certifies = True
+    bound_kind = "estimate"
+    certificate_note = (
+        "**Estimate, not a certificate.** The radius `r(x) = min_k (h_y - h_k) / sqrt(sum_m (|a_y| tau_y + "
+        "|a_k| tau_k)^2)` divides the fused margin by `tau`, the largest gradient norm of each uni-modal score "
+        "seen on `lip_n` training samples. That is an estimate of the encoder's Lipschitz constant, not an "
+        "upper bound, so `certified_accuracy` rows carry `bound_kind = estimate` and are never reported as "
+        "certified. It certifies the classifier it attacks: the image+text fusion head, on the task "
+        "`fmnist-multimodal` only (other tasks are refused).")
 
     def certificate_radii(self) -> tuple[float, ...]:
         return tuple(float(r) for r in self.radii)
+
+    def check_task(self, task: Any) -> None:
+        """CRMT certifies its fused image+text head; only the multimodal task predicts with that head.
+        On any other task (e.g. ``fmnist-zeroshot``) the attacked predictions would be plain zero-shot
+        CLIP while the certificate covers the head, so the cell is refused."""
+        from robustbench_mm.errors import CapabilityError
+        from robustbench_mm.tasks.crmt_task import MultimodalClassification
+
+        if not isinstance(task, MultimodalClassification):
+            raise CapabilityError(
+                f"defense {self.name or 'crmt'!r} certifies and predicts with its image+text fusion head, which task "
+                f"{getattr(task, 'name', task)!r} does not use; use --task fmnist-multimodal")
 
     def phase(self, step: int) -> str:
         return "step1" if step < self.steps else "step2"
@@ -339,12 +359,16 @@ class CRMT(TrainingDefense):
         return CRMTFusion(model, head).freeze()
 
     def certify(self, model: Any, batch: Any, radii: Sequence[float]) -> pd.DataFrame:
-        """Certified accuracy per (sample, radius): 1 when ``r(x) > radius`` with the true label."""
+        """Certified accuracy per (sample, radius): 1 when ``r(x) > radius`` with the true label.
+
+        ``bound_kind="estimate"``: ``r`` divides the margin by ``tau``, the largest gradient norm seen
+        on training samples, which is an estimate of the Lipschitz constant, not an upper bound."""
         texts = list(batch.extra.get("texts") or [""] * len(batch))
         with torch.no_grad():
             r = model.radius(batch.pixels, texts, batch.labels.to(batch.pixels.device)).cpu()
         rows = [{"index": int(batch.index[i]), "radius": float(rad), "quantity": "certified_accuracy",
-                 "value": float(r[i] > rad), "abstain": False, "mc_samples": 0, "alpha": 0.0}
+                 "value": float(r[i] > rad), "abstain": False, "mc_samples": 0, "alpha": 0.0,
+                 "bound_kind": "estimate"}
                 for i in range(len(batch)) for rad in radii]
         return pd.DataFrame(rows)
 

@@ -212,10 +212,15 @@ def _measures(row: dict[str, Any], samples: pd.DataFrame, certified: pd.DataFram
     m = {k: row.get(k) for k in (*PERCENT_METRICS, "status", "error", "model", "attack", "defense", "task", "eps",
                                  "norm", "n", "model_revision", "git_commit", "cell_id")}
     s = samples[samples["cell_id"] == cell_id] if not samples.empty else samples
-    m["feature_cosine"] = float(s["feature_cosine"].mean()) if not s.empty else math.nan
+    # averaged over the attacked (clean-correct) samples only: the others were never perturbed
+    attacked = s[s["clean_correct"].astype(bool)] if not s.empty else s
+    m["feature_cosine_attacked"] = float(attacked["feature_cosine"].mean()) if not attacked.empty else math.nan
     if not certified.empty:
-        for _, r in certified[certified["cell_id"] == cell_id].iterrows():
-            m[f"{r['quantity']}@{r['radius']:g}"] = float(r["mean"])
+        from robustbench_mm.report.bound_kind import SOUND, with_bound_kind
+
+        for _, r in with_bound_kind(certified[certified["cell_id"] == cell_id]).iterrows():
+            suffix = "" if r["bound_kind"] == SOUND else "_estimate"  # only sound rows read as certified
+            m[f"{r['quantity']}{suffix}@{r['radius']:g}"] = float(r["mean"])
     return m
 
 

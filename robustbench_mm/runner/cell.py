@@ -101,6 +101,7 @@ def evaluate(cell: ResolvedCell, model: Any, device: torch.device, progress: Pro
             cert = _certify_batch(cell, defended, batch)
             cert_frames.append(cert)
             _attach_bound(batch_rows, cert, cell)
+            _attach_certified(batch_rows, cert, cell)
         rows.extend(batch_rows)
         if progress:
             progress(len(batch))
@@ -131,11 +132,25 @@ def _attach_bound(rows: list[dict[str, Any]], cert: pd.DataFrame, cell: Resolved
         r["certified_bound"] = bound.get(r["index"], float("nan"))
 
 
+def _attach_certified(rows: list[dict[str, Any]], cert: pd.DataFrame, cell: ResolvedCell) -> None:
+    """``certified``: the sample's prediction has a *sound* certificate at the attack's l2 radius
+    (``certified_accuracy`` = 1 with ``bound_kind`` sound); estimates never count."""
+    if cell.attack.norm != "l2" or cert.empty:
+        return
+    kind = cert["bound_kind"] if "bound_kind" in cert else pd.Series("estimate", index=cert.index)
+    at = cert[(cert["quantity"] == "certified_accuracy") & (kind == "sound")
+              & ((cert["radius"] - float(cell.attack.eps)).abs() < 1e-9) & (cert["value"] == 1.0)]
+    ok = set(at["index"].astype(int))
+    for r in rows:
+        r["certified"] = r["index"] in ok
+
+
 def aggregate_certified(cell: ResolvedCell, per_sample: pd.DataFrame) -> pd.DataFrame:
     """``certified.parquet`` rows: per radius and quantity, mean/q05/median over samples.
 
     Abstentions count as the quantity's worst value (-1 for cosine bounds, 0 for accuracies), so
-    a mean never hides them; ``abstain_rate`` reports them separately.
+    a mean never hides them; ``abstain_rate`` reports them separately. ``bound_kind`` is the
+    defense's label (``sound`` or ``estimate``); a defense that does not say is an ``estimate``.
     """
     out = []
     for (radius, quantity), g in per_sample.groupby(["radius", "quantity"], sort=True):
@@ -147,6 +162,7 @@ def aggregate_certified(cell: ResolvedCell, per_sample: pd.DataFrame) -> pd.Data
             "median": float(v.median()), "n": int(len(g)), "abstain_rate": float(g["abstain"].mean()),
             "mc_samples": int(g["mc_samples"].iloc[0]), "alpha": float(g["alpha"].iloc[0]),
             "schema_version": SCHEMA_VERSION,
+            "bound_kind": str(g["bound_kind"].iloc[0]) if "bound_kind" in g else "estimate",
         })
     return pd.DataFrame(out)
 
@@ -220,6 +236,7 @@ def _evaluate_batch(cell: ResolvedCell, model: Any, objective: Any, batch: Batch
             "clean_correct": bool(clean_ok[i]), "adv_correct": bool(adv_ok[i]), "success": bool(success[i]),
             "linf": float(linf[i]), "l2": float(l2[i]), "feature_cosine": float(cos[i]),
             "certified_bound": float("nan"), "grad_norm": float(grad_norm[i]),
+            "certified": False,
         })
     return out
 
@@ -287,7 +304,17 @@ def summary_row(cell: ResolvedCell, model: Any, device: torch.device, tables: di
         "schema_version": SCHEMA_VERSION, "batch_size": cell.spec.batch_size,
         **score_summary(cell.task, cell.entry.family, samples),
         "load_dtype": cell.spec.load_dtype, "device_map": cell.spec.device_map or "",
+        "feature_cosine_attacked": attacked_feature_cosine(samples),
     }
+
+
+def attacked_feature_cosine(samples: pd.DataFrame) -> float:
+    """Mean clean-vs-adversarial feature cosine over the attacked samples only (the clean-correct
+    ones; the others are never perturbed and would add cosines of 1)."""
+    if samples.empty or "feature_cosine" not in samples or "clean_correct" not in samples:
+        return float("nan")
+    v = samples.loc[samples["clean_correct"].astype(bool), "feature_cosine"].astype(float)
+    return float(v.mean()) if len(v) else float("nan")
 
 
 def _empty_tables() -> dict[str, Any]:

@@ -246,6 +246,8 @@ def _check_compatible(entry: ModelEntry, defense: Defense, task: Task) -> None:
             f"defense {defense.name!r} does not apply to {entry.family} models such as {entry.name!r}; "
             f"it supports {', '.join(sorted(defense.families))}"
         )
+    if hasattr(defense, "check_task"):
+        defense.check_task(task)
 
 
 def spec_dict(spec: CellSpec) -> dict[str, Any]:

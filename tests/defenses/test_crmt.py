@@ -209,3 +209,31 @@ def test_plain_clip_gets_zero_shot_late_fusion() -> None:
     for i, t in enumerate(batch.extra["texts"]):
         assert torch.allclose(fused[i], image_only[i]) == (t == "")
     assert task.predict(model, batch).shape == (8,)
+
+
+def test_crmt_refuses_tasks_that_do_not_predict_with_its_head(monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    """CRMT certifies its fusion head; on fmnist-zeroshot the attacked predictions would be plain
+    zero-shot CLIP, so the cell is refused: exit 2, one line naming fmnist-multimodal."""
+    import sys
+
+    import pytest
+
+    from robustbench_mm import cli
+    from robustbench_mm.errors import CapabilityError
+    from robustbench_mm.runner.resolve import CellSpec, resolve
+
+    with pytest.raises(CapabilityError, match="fmnist-multimodal"):
+        resolve(CellSpec(model="clip-tiny", defense="crmt"))  # the default task fmnist-zeroshot
+    assert resolve(CellSpec(model="clip-tiny", defense="crmt", task="fmnist-multimodal")).certify
+    monkeypatch.setattr(sys, "argv", ["mmrobust", "run", "--model", "clip-tiny", "--attack", "pgd-l2",
+                                      "--defense", "crmt", "--task", "fmnist-zeroshot"])
+    with pytest.raises(SystemExit) as ex:
+        cli.main()
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert ex.value.code == 2 and len(err) == 1 and "fmnist-multimodal" in err[0], err
+
+
+def test_crmt_certificate_rows_are_estimates() -> None:
+    from robustbench_mm.defenses.crmt import CRMT
+
+    assert CRMT.bound_kind == "estimate" and "Estimate" in CRMT.certificate_note

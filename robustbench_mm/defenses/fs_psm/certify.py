@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from statistics import NormalDist
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -67,18 +67,6 @@ def fcsb(score: float, eps: float, sigma: float) -> float:
     return lo if lo >= 0 else ABSTAIN
 
 
-def fcsb_tight(score_lo: float, score_hi: float, eps: float, sigma: float) -> float:
-    """Tight variant ``L(S_lo) / U(S_hi)`` (methods 2.3-2.4 [DERIVED]); 1 at eps=0 when S_lo=S_hi.
-
-    ``score_hi`` upper-bounds ``||f_hat(x)||`` (clipped to 1). Returns ``ABSTAIN`` when L < 0.
-    """
-    lo = fcsb_lower(score_lo, eps, sigma)
-    if lo < 0:
-        return ABSTAIN
-    up = fcsb_upper(min(1.0, max(score_hi, score_lo)), eps, sigma)
-    return min(1.0, lo / up) if up > 0 else ABSTAIN
-
-
 # ---- confidence bounds --------------------------------------------------------------------------
 def hoeffding_lower(mean: float, n: int, alpha: float, width: float = 2.0) -> float:
     """One-sided Hoeffding lower bound on E[c] for c in an interval of ``width`` (2 for cosines)."""
@@ -96,11 +84,6 @@ def bernstein_lower(mean: float, var: float, n: int, alpha: float, width: float 
     return mean - math.sqrt(2.0 * var * log_t / n) - 7.0 * width * log_t / (3.0 * (n - 1))
 
 
-def norm_upper(mean_norm: float, n: int, alpha: float) -> float:
-    """Upper bound on ``||f_hat(x)||`` from ``||mean of n unit vectors||`` (McDiarmid, methods 2.5)."""
-    return min(1.0, mean_norm + (1.0 + math.sqrt(2.0 * math.log(1.0 / alpha))) / math.sqrt(n))
-
-
 # ---- Monte Carlo certification ------------------------------------------------------------------
 Encoder = Callable[[Tensor], Tensor]
 
@@ -108,16 +91,18 @@ Encoder = Callable[[Tensor], Tensor]
 class FSCertificate(NamedTuple):
     """Per-input results of :func:`certify_fs` (``B`` inputs, ``R`` radii).
 
-    ``fcsb``/``fcsb_tight``: ``[B,R]`` float64, ``ABSTAIN`` (-1) where no certificate;
-    ``u``: ``[B,D]`` reference directions; ``s_hat``, ``s_lo``, ``s_hi``: ``[B]``.
+    ``fcsb``: ``[B,R]`` float64, ``ABSTAIN`` (-1) where no certificate; ``u``: ``[B,D]`` reference
+    directions; ``s_hat``, ``s_lo``: ``[B]`` float64 (point estimate and lower confidence bound of S).
+
+    There is no "tight" variant: ``L(S_lo) / U(S_hi)`` divides by an upper bound on the smoothed
+    feature norm, which is within a few 1e-3 of 1 whenever S is high enough to certify anything, and
+    its own confidence bound costs half of ``alpha``; measured on clip-tiny it was never tighter.
     """
 
     radii: tuple[float, ...]
     s_hat: Tensor
     s_lo: Tensor
-    s_hi: Tensor
     fcsb: Tensor
-    fcsb_tight: Tensor
     u: Tensor
 
 
@@ -126,49 +111,105 @@ def unit_features(encoder: Encoder, pixels: Tensor) -> Tensor:
     return F.normalize(encoder(pixels).flatten(1).float(), dim=-1)
 
 
+def noise_generators(seeds: Sequence[int], device: torch.device) -> list[torch.Generator]:
+    """One generator per input, on ``device``: an input's noise depends on its seed only, never on
+    which other inputs share the batch."""
+    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+
+class _NoiseStream:
+    """Draws ``[B, m, C, H, W]`` Gaussian noise on the inputs' device, input ``i`` from ``gens[i]``.
+
+    The encoder sees one batch of ``B*m`` noisy copies per call; drawing the noise costs one
+    ``randn`` launch per input and chunk (no host transfer), the forward pass is shared.
+    """
+
+    def __init__(self, x: Tensor, gens: Sequence[torch.Generator]) -> None:
+        self.x, self.gens = x, gens
+
+    def draw(self, m: int) -> Tensor:
+        b = len(self.x)
+        z = torch.empty((b, m, *self.x.shape[1:]), device=self.x.device, dtype=self.x.dtype)
+        for i in range(b):
+            torch.randn((m, *self.x.shape[1:]), generator=self.gens[i], out=z[i])
+        return z
+
+
+def _draws(encoder: Encoder, x: Tensor, sigma: float, k: int, noise: _NoiseStream, chunk: int
+           ) -> "Iterator[Tensor]":
+    """Yields ``[B, m, D]`` unit features of ``x_i + sigma z`` until ``k`` draws per input are done;
+    each encoder call takes about ``chunk`` noisy images across all inputs."""
+    b = len(x)
+    per = max(1, chunk // max(1, b))
+    done = 0
+    while done < k:
+        m = min(per, k - done)
+        z = noise.draw(m)
+        noisy = (x.unsqueeze(1) + sigma * z).reshape(b * m, *x.shape[1:])
+        yield unit_features(encoder, noisy).view(b, m, -1)
+        done += m
+
+
+def auto_chunk(device: torch.device) -> int:
+    """Noisy images per encoder call: 256 on CPU (measured on clip-tiny, one thread: 2,300-3,400
+    forwards/s at 256 against 1,350-1,930 at 1,024), 4,096 on accelerators, which want large batches."""
+    return 256 if device.type == "cpu" else 4096
+
+
 def sample_unit_features(encoder: Encoder, x: Tensor, sigma: float, k: int, generator: torch.Generator,
                          chunk: int = 256) -> Tensor:
-    """``[k,D]`` unit features of ``x + sigma z`` (``x``: one image ``[C,H,W]``), noise drawn on CPU."""
-    out = []
-    for start in range(0, k, chunk):
-        m = min(chunk, k - start)
-        z = torch.randn((m, *x.shape), generator=generator).to(device=x.device, dtype=x.dtype)
-        out.append(unit_features(encoder, x.unsqueeze(0) + sigma * z))
-    return torch.cat(out)
+    """``[k,D]`` unit features of ``x + sigma z`` for one image ``x`` ``[C,H,W]``."""
+    stream = _NoiseStream(x.unsqueeze(0), [generator])
+    return torch.cat([f[0] for f in _draws(encoder, x.unsqueeze(0), sigma, k, stream, chunk)])
 
 
 def certify_fs(encoder: Encoder, x: Tensor, *, sigma: float, n0: int, n: int, alpha: float,
                radii: Sequence[float], bound: str = "hoeffding", generator: torch.Generator | None = None,
-               chunk: int = 256) -> FSCertificate:
-    """CERTIFY_FS of methods 2.5 on a batch ``x`` ``[B,C,H,W]`` (pixels in [0,1]).
+               chunk: int = 0, seeds: Sequence[int] | None = None) -> FSCertificate:
+    """CERTIFY_FS on a batch ``x`` ``[B,C,H,W]`` (pixels in [0,1]), every input at once.
 
-    Stage 1 draws ``n0`` samples for the direction ``u``; stage 2 draws ``n`` fresh samples for
-    ``S_hat = mean <u, f_e>`` and its lower confidence bound (``hoeffding`` or ``bernstein``).
-    ``fcsb`` uses ``S_lo`` at level ``alpha``; ``fcsb_tight`` splits ``alpha`` in halves between
-    ``S_lo`` and the upper bound on ``||f_hat||``. Each quantity holds with probability
-    ``>= 1 - alpha`` per input: ``cos(u, f_hat(x + delta)) >= bound`` for all ``||delta|| <= r``.
+    Stage 1 draws ``n0`` samples per input for the direction ``u``; stage 2 draws ``n`` fresh samples
+    for ``S_hat = mean <u, f_e>`` and its lower confidence bound ``S_lo`` at level ``alpha``
+    (``hoeffding`` or empirical ``bernstein``). ``fcsb`` = ``L(S_lo)``: with probability
+    ``>= 1 - alpha`` per input, ``cos(u, f_hat(x + delta)) >= fcsb`` for all ``||delta||_2 <= r``.
+
+    Noise is generated on ``x``'s device, from one generator per input seeded by ``seeds[i]``
+    (default: seeds drawn from ``generator``), so an input's certificate does not depend on the
+    batch. Each encoder call sees about ``chunk`` noisy images across the batch (0: ``auto_chunk``).
     """
     if bound not in ("hoeffding", "bernstein"):
         raise ValueError(f"bound={bound!r} must be hoeffding or bernstein")
-    gen = generator if generator is not None else torch.Generator().manual_seed(0)
     radii = tuple(float(r) for r in radii)
-    rows: list[tuple[float, float, float, list[float], list[float], Tensor]] = []
-    for i in range(len(x)):
-        u = F.normalize(sample_unit_features(encoder, x[i], sigma, n0, gen, chunk).mean(0), dim=0)
-        feats = sample_unit_features(encoder, x[i], sigma, n, gen, chunk).double()
-        c = feats @ u.double()
-        s_hat, var = float(c.mean()), float(c.var()) if n > 1 else 0.0
-        s_lo = _lower(s_hat, var, n, alpha, bound)
-        s_lo_half = _lower(s_hat, var, n, alpha / 2, bound)
-        s_hi = norm_upper(float(feats.mean(0).norm()), n, alpha / 2)
-        rows.append((s_hat, s_lo, s_hi, [fcsb(s_lo, r, sigma) for r in radii],
-                     [fcsb_tight(s_lo_half, s_hi, r, sigma) for r in radii], u))
-    t = lambda j: torch.tensor([r[j] for r in rows], dtype=torch.float64)  # noqa: E731
-    return FSCertificate(radii, t(0), t(1), t(2), t(3).view(len(x), len(radii)),
-                         t(4).view(len(x), len(radii)), torch.stack([r[5] for r in rows]) if rows else x.new_zeros(0))
+    b = len(x)
+    chunk = chunk if chunk > 0 else auto_chunk(x.device)
+    if seeds is None:
+        gen = generator if generator is not None else torch.Generator().manual_seed(0)
+        seeds = torch.randint(0, 2**62, (b,), generator=gen).tolist()
+    noise = _NoiseStream(x, noise_generators(seeds, x.device))
+    total = None
+    for f in _draws(encoder, x, sigma, n0, noise, chunk):
+        total = f.sum(1) if total is None else total + f.sum(1)
+    if total is None:
+        return FSCertificate(radii, *(torch.zeros(0, dtype=torch.float64),) * 2,
+                             torch.zeros(0, len(radii), dtype=torch.float64), x.new_zeros(0))
+    u = F.normalize(total, dim=-1)  # [B,D]
+    s1 = torch.zeros(b, dtype=torch.float64, device=x.device)
+    s2 = torch.zeros_like(s1)
+    for f in _draws(encoder, x, sigma, n, noise, chunk):
+        c = torch.einsum("bmd,bd->bm", f.double(), u.double())
+        s1 += c.sum(1)
+        s2 += (c * c).sum(1)
+    s_hat = (s1 / n).cpu()
+    var = ((s2 - s1 * s1 / n) / max(1, n - 1)).clamp_min(0).cpu() if n > 1 else torch.zeros(b, dtype=torch.float64)
+    s_lo = torch.tensor([lower_bound(float(m), float(v), n, alpha, bound) for m, v in zip(s_hat, var)],
+                        dtype=torch.float64)
+    cert = torch.tensor([[fcsb(float(s), r, sigma) for r in radii] for s in s_lo],
+                        dtype=torch.float64).view(b, len(radii))
+    return FSCertificate(radii, s_hat, s_lo, cert, u)
 
 
-def _lower(mean: float, var: float, n: int, alpha: float, bound: str) -> float:
+def lower_bound(mean: float, var: float, n: int, alpha: float, bound: str) -> float:
+    """``S_lo``: the one-sided ``1 - alpha`` lower confidence bound of the chosen kind."""
     return hoeffding_lower(mean, n, alpha) if bound == "hoeffding" else bernstein_lower(mean, var, n, alpha)
 
 

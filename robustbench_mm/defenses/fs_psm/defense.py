@@ -81,37 +81,34 @@ class FeatureSmoothing(Defense):
 
     # ---- certification ------------------------------------------------------------------------
     def certify(self, model: Any, batch: Batch, radii: Sequence[float]) -> pd.DataFrame:
-        """Per example and radius: ``fcsb`` (first, the runner's per-sample bound), ``fcsb_tight``,
+        """Per example and radius: ``fcsb`` (first, the runner's per-sample bound),
         ``certified_accuracy`` (zero-shot CLIP, when ``batch.extra['class_prompts']`` is set), and at
         radius 0 the scores ``s_hat`` / ``s_lo``.
 
-        ``fcsb*`` bound ``cos(u, f_hat(x+delta))`` for all ``||delta||_2 <= radius`` with ``u`` the
+        ``fcsb`` bounds ``cos(u, f_hat(x+delta))`` for all ``||delta||_2 <= radius`` with ``u`` the
         stage-1 direction, each with probability ``>= 1 - alpha``; abstentions are ``value=NaN,
-        abstain=True``. Certification noise is seeded by (``seed``, dataset index), so a sample's
-        certificate does not depend on batch composition.
+        abstain=True``. Bound rows are ``bound_kind="sound"`` (hold with probability ``>= 1 - alpha``);
+        ``s_hat``, a point estimate, is ``estimate``.
+        All images are certified in one batched Monte Carlo loop with noise drawn on their device,
+        seeded by (``seed``, dataset index), so a sample's certificate does not depend on the batch.
         """
         transform = getattr(model, "feature_transform", None)
         plugin = transform.plugin if isinstance(transform, SmoothingTransform) else self.plugin(model)
         encoder = composite_encoder(model.raw_vision_features, self.sigma, plugin)
         radii = tuple(float(r) for r in radii)
-        certs = []
-        for i in range(len(batch)):
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(batch.index[i]) + 1)
-            certs.append(certify_fs(encoder, batch.pixels[i:i + 1], sigma=self.sigma, n0=self.n0, n=self.n,
-                                    alpha=self.alpha, radii=radii, bound=self.bound, generator=gen,
-                                    chunk=self.chunk or 256))
-        fcsb = torch.cat([c.fcsb for c in certs])
-        tight = torch.cat([c.fcsb_tight for c in certs])
-        frames = [self._rows(batch, radii, "fcsb", fcsb), self._rows(batch, radii, "fcsb_tight", tight)]
+        seeds = [self.seed * 1_000_003 + int(i) + 1 for i in batch.index.tolist()]
+        cert = certify_fs(encoder, batch.pixels, sigma=self.sigma, n0=self.n0, n=self.n, alpha=self.alpha,
+                          radii=radii, bound=self.bound, seeds=seeds, chunk=self.chunk)
+        fcsb = cert.fcsb
+        frames = [self._rows(batch, radii, "fcsb", fcsb)]
         prompts = batch.extra.get("class_prompts")
         if prompts is not None and hasattr(model, "class_weights"):
             anchors = model.class_weights(prompts).to(fcsb.device)
-            pc = certify_prediction(torch.cat([c.u for c in certs]).cpu(), anchors.cpu(), fcsb)
+            pc = certify_prediction(cert.u.cpu(), anchors.cpu(), fcsb)
             correct = (pc.pred == batch.labels.cpu()).unsqueeze(1).expand_as(pc.certified)
             acc = torch.where(pc.certified, correct.double(), torch.full_like(fcsb, ABSTAIN))
             frames.append(self._rows(batch, radii, "certified_accuracy", acc))
-        s_hat = torch.cat([c.s_hat for c in certs]).unsqueeze(1)
-        s_lo = torch.cat([c.s_lo for c in certs]).unsqueeze(1)
+        s_hat, s_lo = cert.s_hat.unsqueeze(1), cert.s_lo.unsqueeze(1)
         frames += [self._rows(batch, (0.0,), "s_hat", s_hat), self._rows(batch, (0.0,), "s_lo", s_lo)]
         return pd.concat(frames, ignore_index=True)
 
@@ -127,6 +124,7 @@ class FeatureSmoothing(Defense):
             "quantity": quantity, "value": vals.masked_fill(abstain, float("nan")).flatten().numpy(),
             "abstain": abstain.flatten().numpy(), "mc_samples": self.n, "n0": self.n0, "alpha": self.alpha,
             "sigma": self.sigma, "bound": self.bound,
+            "bound_kind": "estimate" if quantity == "s_hat" else "sound",  # s_hat is a point estimate
         })
 
 
@@ -168,6 +166,7 @@ class FeatureSmoothingPSM(FeatureSmoothing):
         """``mmrobust train --defense fs-psm --model M``: train the PSM (2.12) into ``out`` (default: the
         cache; copy to ``fs_psm/weights/<model>/`` to ship). Matching finished weights are reused unless
         ``force``. Returns ``{path, reused, key, metrics}`` (metrics: held-out S_hat before/after)."""
+        self.check_training_data()
         key = cache_key(model, self.train_config)
         found = None if force else find_weights(model, key, Path(out) if out else None)
         if found is not None:
@@ -179,6 +178,12 @@ class FeatureSmoothingPSM(FeatureSmoothing):
             psm_path, reused = target, False
         self._cache[(getattr(model, "name", ""), getattr(model, "revision", ""))] = psm
         return {"path": str(psm_path), "reused": reused, "key": key, "metrics": state.metrics}
+
+    def check_training_data(self) -> None:
+        """``mmrobust train`` calls this before loading the model: the train split must be present."""
+        from robustbench_mm.defenses.fs_psm.data import require_train_split
+
+        require_train_split()
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "psm": "purifier+mapper" if self.train_config.use_purifier else "mapper"}

@@ -8,8 +8,8 @@
     visual token (CLIP: one token), so M = identity at step 0 (2.12).
 Neither touches the model's weights. The certificate covers the composite encoder unchanged.
 
-Training data: the Fashion-MNIST *train* split (Debian dataset-fashion-mnist) when present, else the
-bundled eval slice (logged: then the held-out S score is not held out from evaluation).
+Training data: the Fashion-MNIST *train* split (Debian dataset-fashion-mnist) only; without it
+training stops with one line naming the package (``data.py``). ``psm.json`` records the data used.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robustbench_mm.defenses.fs_psm.data import psm_training_data, require_train_split
 from robustbench_mm.presets import stable_hash
 
 log = logging.getLogger(__name__)
@@ -194,6 +195,7 @@ def load_or_train(model: Any, cfg: PSMTrainConfig, *, train_if_missing: bool = T
     if not train_if_missing:
         raise FileNotFoundError(f"no PSM weights with key {key} for {model.name} (revision {model.revision}); "
                                 f"run `mmrobust train --defense fs-psm --model {model.name}`")
+    require_train_split()  # one line naming the package; never falls back to the evaluation slice
     log.warning("no PSM weights for %s; training now (seeded, resumable)", model.name)
     return train_into(model, cfg, cache_dirs(model.name, key)[1])
 
@@ -207,28 +209,13 @@ def save_psm(psm: PSM, out: Path, key: str, cfg: PSMTrainConfig, model: Any, met
     save_file({k: v.detach().cpu().contiguous() for k, v in psm.state_dict().items()}, str(tmp))
     tmp.replace(out / "psm.safetensors")
     meta = {"key": key, "format": FORMAT_VERSION, "model": model.name, "model_revision": model.revision,
-            "config": asdict(cfg), "metrics": metrics}
+            "config": asdict(cfg), "training_data": metrics.get("training_data"),
+            "metrics": {k: v for k, v in metrics.items() if k != "training_data"}}
     (out / "psm.json.tmp").write_text(json.dumps(meta, indent=2, default=str))
     (out / "psm.json.tmp").replace(out / "psm.json")
 
 
 # ---- training (2.12) ------------------------------------------------------------------------------
-def training_images(size: int, limit: int, seed: int) -> tuple[Tensor, Tensor]:
-    """``(train [N,3,size,size], heldout [256,...])`` pixels in [0,1] from Fashion-MNIST."""
-    import numpy as np
-
-    from robustbench_mm.tasks.bundled import fmnist_eval_arrays, read_raw_fmnist, to_model_pixels
-
-    try:
-        images, _ = read_raw_fmnist("train")
-    except OSError:
-        log.warning("Fashion-MNIST train split not found; training PSM on the bundled eval slice")
-        images = fmnist_eval_arrays()[0]
-    order = np.random.RandomState(seed).permutation(len(images))
-    held, train = order[:256], order[256:256 + limit]
-    return to_model_pixels(images[train], size), to_model_pixels(images[held], size)
-
-
 def _unit(feats: Tensor) -> Tensor:
     return F.normalize(feats.flatten(1).float(), dim=-1)
 
@@ -246,7 +233,8 @@ def train_psm(model: Any, psm: PSM, cfg: PSMTrainConfig, ckpt_dir: Path) -> dict
     """Stage 1: purifier MSE; stage 2: mapper (+ purifier) consistency + identity loss. Resumable."""
     start = time.time()
     gen = torch.Generator().manual_seed(cfg.seed)
-    train, held = training_images(model.image_size, cfg.train_images, cfg.seed)
+    data = psm_training_data(model.image_size, cfg.train_images, cfg.seed)
+    train, held = data.train, data.heldout
     dev = model.device
     held = held[:64].to(dev)
     before = {s: score(model, None, held, s, 32, torch.Generator().manual_seed(1)) for s in cfg.sigmas}
@@ -259,7 +247,8 @@ def train_psm(model: Any, psm: PSM, cfg: PSMTrainConfig, ckpt_dir: Path) -> dict
     psm.eval()
     after = {s: score(model, psm, held, s, 32, torch.Generator().manual_seed(1)) for s in cfg.sigmas}
     (ckpt_dir / "ckpt.safetensors").unlink(missing_ok=True)
-    return {"s_hat_before": before, "s_hat_after": after, "heldout_images": len(held), "train_s": time.time() - start}
+    return {"s_hat_before": before, "s_hat_after": after, "heldout_images": len(held), "train_s": time.time() - start,
+            "training_data": data.record}
 
 
 def _run_stage(model: Any, psm: PSM, cfg: PSMTrainConfig, train: Tensor, gen: torch.Generator, ckpt_dir: Path,
