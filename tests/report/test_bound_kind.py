@@ -7,6 +7,7 @@ import pandas as pd
 
 from robustbench_mm.report.bound_kind import infer, with_bound_kind
 
+
 def test_bound_kind_is_kept_when_present_and_inferred_when_missing() -> None:
     assert infer("fs-psm", "fcsb") == "sound" and infer("fs", "s_hat") == "estimate"
     assert infer("crmt", "certified_accuracy") == "estimate" and infer("mystery", "fcsb") == "estimate"
