@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from robustbench_mm.attacks.guard import check_valid, perturbation_norms
+from robustbench_mm.attacks.verdict import VERDICT_KEY, Verdict
 from robustbench_mm.errors import MMRobustError
 from robustbench_mm.models.zoo import LoadOptions, load_model
 from robustbench_mm.runner import provenance
@@ -169,14 +170,17 @@ def _evaluate_halving_on_oom(cell: ResolvedCell, model: Any, objective: Any, bat
 
 def _evaluate_batch(cell: ResolvedCell, model: Any, objective: Any, batch: Batch) -> list[dict[str, Any]]:
     task, attack = cell.task, cell.attack
-    clean_pred = task.predict(model, batch)
+    verdict = Verdict(task, getattr(cell, "verdict_draws", 1))  # clean and adversarial: the same verdict
+    clean_pred = verdict.predict(model, batch)
     clean_ok = task.correct(batch, clean_pred).cpu()
     x_adv = batch.pixels.clone()
+    by_member = [""] * len(batch)
     verdict_model = model
     grad_norm = torch.full((len(batch),), float("nan"))
     if bool(clean_ok.any()):
         sub = batch.select(clean_ok.to(batch.pixels.device))
         sub.seeds = cell.spec.seed * 1_000_003 + sub.index  # per-example attack randomness
+        sub.extra[VERDICT_KEY] = verdict  # attacks stop on a sample only when this verdict breaks it
         if BEFORE_ATTACK_HOOK is not None:
             BEFORE_ATTACK_HOOK(model, sub)
         grad_norm[clean_ok] = _input_gradient_norms(model, sub, objective)
@@ -186,10 +190,13 @@ def _evaluate_batch(cell: ResolvedCell, model: Any, objective: Any, batch: Batch
         if not torch.isfinite(result.loss).all():
             raise FloatingPointError("attack objective became NaN/inf; the cell's numbers would be meaningless")
         x_adv[clean_ok.nonzero().flatten().to(x_adv.device)] = result.pixels.to(x_adv.dtype)
+        if result.broken_by is not None:
+            for r, name in zip(clean_ok.nonzero().flatten().tolist(), result.broken_by):
+                by_member[r] = name
         # text-side attacks (text-embed) are judged with the adversarial class embeddings
         verdict_model = attack.verdict_model(model) if hasattr(attack, "verdict_model") else model
     adv_batch = batch.with_pixels(x_adv)
-    adv_pred = task.predict(verdict_model, adv_batch)  # fp32 verdict on every adversarial example
+    adv_pred = verdict.predict(verdict_model, adv_batch)  # fp32 verdict (k fresh draws if randomized)
     if verdict_model is not model and isinstance(adv_pred, torch.Tensor):  # unattacked rows keep clean preds
         adv_pred = torch.where(clean_ok, adv_pred.cpu(), torch.as_tensor(clean_pred).cpu())
     if getattr(attack, "targeted", False):  # targeted ASR: the output is the attacker's target
@@ -212,6 +219,7 @@ def _evaluate_batch(cell: ResolvedCell, model: Any, objective: Any, batch: Batch
             "clean_correct": bool(clean_ok[i]), "adv_correct": bool(adv_ok[i]), "success": bool(success[i]),
             "linf": float(linf[i]), "l2": float(l2[i]), "feature_cosine": float(cos[i]),
             "certified_bound": float("nan"), "grad_norm": float(grad_norm[i]),
+            "broken_by": (by_member[i] or attack.name) if bool(success[i]) else "",
         })
     return out
 
@@ -277,6 +285,7 @@ def summary_row(cell: ResolvedCell, model: Any, device: torch.device, tables: di
         "created_at": provenance.now(), "git_commit": provenance.git_commit(),
         "versions": provenance.versions_json(), "model_revision": getattr(model, "revision", ""),
         "schema_version": SCHEMA_VERSION, "batch_size": cell.spec.batch_size,
+        "protocol": getattr(cell, "protocol", ""), "verdict_draws": int(getattr(cell, "verdict_draws", 1)),
     }
 
 
