@@ -52,17 +52,16 @@ class BenchmarkResult:
 
 def choose_version(version: str, randomized: bool) -> str:
     """``auto`` picks ``rand`` for randomized models, else ``standard``; others pass through."""
-    if version not in VERSIONS and version not in _preset_names():
-        raise ConfigError(f"--version {version!r}: choose auto, standard or rand")
+    _check_version(version)
     if version == "auto":
         return "rand" if randomized else "standard"
     return version
 
 
-def _preset_names() -> list[str]:
-    from robustbench_mm.runner.protocol import protocol_names
-
-    return protocol_names()
+def _check_version(version: str) -> None:
+    """auto, standard, rand, a protocol preset name, or a protocol YAML file."""
+    if version not in VERSIONS:
+        version_name(version)
 
 
 def _version_label(protocol: Protocol) -> str:
@@ -81,18 +80,18 @@ def plan(model: str, *, defense: str = "none", task: str | None = None, norm: st
     from robustbench_mm.tasks.base import TASKS
 
     _register_all()
-    if version not in VERSIONS and version not in _preset_names():
-        raise ConfigError(f"--version {version!r}: choose auto, standard or rand")
+    _check_version(version)
     entry = entry_for(resolve_model_name(model))
     d_preset = load_preset("defense", defense, DEFENSES)
     d = _build(DEFENSES.get(d_preset.impl), d_preset)
     chosen = choose_version(version, bool(d.randomized))
-    protocol = load_protocol(version_name(chosen))
+    ref = version_name(chosen)
+    protocol = load_protocol(ref)
     t_preset = load_preset("task", task or DEFAULT_TASKS[entry.family], TASKS)
     t = _build(TASKS.get(t_preset.impl), t_preset)
     family = task_family(t)
     specs = [CellSpec(model=model, attack=protocol.attack_name, defense=defense, task=task, norm=tm.norm, eps=tm.eps,
-                      n=n, seed=seed, protocol=protocol.name, **spec_kw)
+                      n=n, seed=seed, protocol=ref, **spec_kw)
              for tm in threat_models(protocol, family, t.name, norm, eps)]
     for s in specs:
         resolve(s)  # names, compatibility and budgets fail here, before any weights load
@@ -157,8 +156,7 @@ def benchmark_module(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "lin
     from robustbench_mm.types import Batch
 
     check_threat(norm, eps)
-    if version not in VERSIONS and version not in _preset_names():
-        raise ConfigError(f"version={version!r}: choose auto, standard or rand")
+    _check_version(version)
     if x.dim() != 4 or len(x) != len(y) or not len(x):
         raise ConfigError(f"x must be [N,C,H,W] images in [0,1] and y [N] labels of the same N (got {tuple(x.shape)}, "
                           f"{tuple(y.shape)})")

@@ -17,7 +17,6 @@ from typing import Any, Mapping
 
 from robustbench_mm.errors import ConfigError, UnknownNameError
 from robustbench_mm.presets import Preset, load_preset, parse_number, presets_root, validate_params
-from robustbench_mm.registry import unknown_name_message
 
 VERSIONS = ("auto", "standard", "rand")
 FAMILIES = ("classification", "generative")
@@ -78,10 +77,11 @@ def protocol_names() -> list[str]:
 
 
 def version_name(version: str) -> str:
-    """``standard`` / ``rand`` -> the latest protocol preset of that version; a preset name as given."""
+    """``standard`` / ``rand`` -> the latest protocol preset of that version; a preset name or a
+    protocol YAML path as given."""
     if version in LATEST:
         return LATEST[version]
-    if version in protocol_names():
+    if version in protocol_names() or (version.endswith((".yaml", ".yml")) and Path(version).is_file()):
         return version
     raise ConfigError(f"--version {version!r} is not a protocol version; choose auto, standard or rand "
                       f"(or a preset: {', '.join(protocol_names())})")
@@ -93,7 +93,8 @@ def load_protocol(ref: str) -> Protocol:
 
     path = Path(ref) if ref.endswith((".yaml", ".yml")) else protocols_dir() / f"{ref}.yaml"
     if not path.is_file():
-        raise UnknownNameError(unknown_name_message("protocol", ref, protocol_names()))
+        raise UnknownNameError(f"unknown protocol {ref!r}; choose --version auto, standard or rand, a preset "
+                               f"({', '.join(protocol_names())}) or a protocol YAML file")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
