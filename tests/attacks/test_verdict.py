@@ -161,3 +161,33 @@ def test_majority_rule_and_draws_validation() -> None:
         check_draws(4)
     assert check_draws(16) == 16
     assert not math.isnan(wilson_interval(3, 10)[0])
+
+
+@pytest.mark.slow
+def test_fs_protocol_no_weaker_than_early_stopping_off() -> None:
+    """clip-tiny under feature-space smoothing: APGD-CE with EOT, stopping by the verdict rule, leaves
+    no more samples robust than the same attack with early stopping off (within the Wilson interval)."""
+    from robustbench_mm.models.zoo import load_model
+    from robustbench_mm.runner.resolve import CellSpec, resolve
+
+    cell = resolve(CellSpec(model="clip-tiny", defense="fs", attack="apgd-ce", n=24))
+    assert cell.verdict_draws == 16
+    model = cell.defense.apply(load_model("clip-tiny"))
+    task = cell.task
+    batch = next(task.examples(n=24, seed=0, batch_size=24, image_size=32))
+    verdict = Verdict(task, cell.verdict_draws)
+    clean = verdict.correct(model, batch)
+    sub = batch.select(clean)
+    sub.seeds = sub.index
+    objective = task.objective("ce")
+    robust = {}
+    for rule in ("verdict", "nostop"):
+        b = sub.select(torch.ones(len(sub), dtype=torch.bool))
+        if rule == "verdict":
+            b.extra[VERDICT_KEY] = verdict
+        obj = objective if rule == "verdict" else NoSuccess(objective)
+        res = APGD(norm="linf", eps=8 / 255, steps=5, eot=2).perturb(model, b, obj, generator=torch.Generator().manual_seed(0))
+        robust[rule] = int(verdict.correct(model, sub.with_pixels(res.pixels)).sum())
+    n = int(clean.sum())
+    assert n >= 8
+    assert robust["verdict"] / n <= wilson_interval(robust["nostop"], n)[1], robust
