@@ -161,7 +161,6 @@ class Noisy(SmallCNN):
 def test_api_auto_detects_randomized_module() -> None:
     model = Noisy().eval()
     x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    y = torch.zeros(6, dtype=torch.long)
     from robustbench_mm.benchmarking import choose_version
     from robustbench_mm.attacks.verdict import is_randomized
 
