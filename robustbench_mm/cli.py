@@ -134,6 +134,36 @@ def run(model: Model, attack: AttackOpt = "pgd", defense: DefenseOpt = "none", t
 
 
 @app.command()
+def benchmark(
+        model: Model, defense: DefenseOpt = "none", task: TaskOpt = None,
+        norm: Annotated[Optional[str], typer.Option("--norm", help="linf or l2 (default: every standard threat model "
+                                                    "of the task, from tasks/protocols/<version>-v1.yaml).")] = None,
+        eps: Annotated[Optional[str], typer.Option("--eps", help="Budget in [0,1] pixel units, e.g. 8/255 (default: "
+                                                   "the protocol's standard budget for --norm).")] = None,
+        n: Annotated[int, typer.Option("--n", help="Number of evaluation samples (default 64, as mmrobust run).")] = 64,
+        version: Annotated[str, typer.Option("--version", help="auto, standard or rand (default auto: rand when the "
+                                             "defense is randomized, else standard).")] = "auto",
+        seed: SeedOpt = 0, batch_size: BatchOpt = 64, device: DeviceOpt = None, dtype: DtypeOpt = "fp32",
+        verdict_draws: Annotated[Optional[int], typer.Option("--verdict-draws", help="Fresh draws per verdict for "
+                                 "randomized defenses, >= 8 (default: the protocol's, 16).")] = None,
+        out: OutOpt = "results/runs/default",
+        force: Annotated[bool, typer.Option("--force", help="Recompute cells already in the store.")] = False,
+        allow_pickle: PickleOpt = False, trust_remote_code: RemoteOpt = False) -> None:
+    """Robust accuracy under the standard, versioned protocol: one cell and one line per threat model."""
+    from robustbench_mm import benchmarking
+
+    protocol, chosen, specs = benchmarking.plan(
+        model, defense=defense, task=task, norm=norm, eps=_eps(eps), version=version, n=n, seed=seed,
+        batch_size=batch_size, device=device, dtype=dtype, verdict_draws=verdict_draws,
+        allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    picked = f"version {chosen}" + (" (auto)" if version == "auto" else "")
+    typer.echo(f"benchmark: protocol {protocol.id}, {picked}, {len(specs)} threat model(s) -> {out}", err=True)
+    label = f"{model} | {defense}"
+    benchmarking.run(specs, protocol, chosen, out=out, force=force,
+                     on_result=lambda r: typer.echo(r.line(label)))
+
+
+@app.command()
 def grid(preset: Annotated[Optional[str], typer.Option("--preset", help="Grid preset (`mmrobust list grids`); its "
                                                      "n/seed/eps/steps apply where the command line sets none.")] = None,
          models: Annotated[Optional[str], typer.Option("--models", help="Comma list of models (instead of --preset).")

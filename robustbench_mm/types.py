@@ -99,8 +99,10 @@ class Objective(Protocol):
 
 
 class AttackResult(NamedTuple):
-    """Adversarial pixels ``[B,3,H,W]``, final objective value ``[B]``, gradient queries used."""
+    """Adversarial pixels ``[B,3,H,W]``, final objective value ``[B]``, gradient queries used, and
+    (ensembles) per sample the name of the member whose output the verdict broke ("" = none)."""
 
     pixels: Tensor
     loss: Tensor
     queries: int
+    broken_by: list[str] | None = None

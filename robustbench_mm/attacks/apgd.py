@@ -30,6 +30,7 @@ from robustbench_mm.attacks.base import ATTACKS, Attack, check_threat, project
 from robustbench_mm.attacks.guard import check_valid
 from robustbench_mm.attacks.objectives import ModuleObjective, has_logits
 from robustbench_mm.attacks.evaluation import evaluate, keep_rows, syncs_are_free
+from robustbench_mm.attacks.verdict import judge_run, verdict_of
 from robustbench_mm.attacks.worst_case import RunResult, fold_worst_case, rows_like
 from robustbench_mm.errors import CapabilityError, ConfigError
 from robustbench_mm.types import AttackResult, Batch, Norm, Objective
@@ -211,9 +212,9 @@ class APGD(LogitsCall, Attack):
 
         def restart(alive: Tensor | None) -> RunResult:
             start = boundary_start(x, self.norm, self.eps, generator, batch.seeds)  # all rows: seed-stable
-            if alive is None:
-                return self.run_once(model, batch, objective, start)
-            return self.run_once(model, batch.select(alive), objective, start[alive])
+            sub = batch if alive is None else batch.select(alive)
+            res = self.run_once(model, sub, objective, start if alive is None else start[alive])
+            return res._replace(success=judge_run(model, sub, objective, res.pixels, res.success))
 
         return fold_worst_case(x, (restart for _ in range(self.restarts)))[0]
 
@@ -271,15 +272,16 @@ class APGDTargeted(APGD):
         base: Any = objective
         base = base.with_loss(base.loss, targeted=False) if getattr(base, "targeted", False) else base
         x = batch.pixels.detach()
-        with torch.no_grad():
-            order = base.logits(model, x).float().argsort(dim=1, descending=True)
+        # target ranking on the verdict's logits (k-draw mean for randomized models), in fp32
+        order = verdict_of(batch).mean_logits(base.logits, model, x).argsort(dim=1, descending=True)
         n_t = min(self.n_targets, order.shape[1] - 1)
         vehicle = TowardsTarget(base, self.loss or "dlr")
 
         def towards(k: int) -> Callable[[Tensor | None], RunResult]:
             def run(alive: Tensor | None) -> RunResult:
                 targets = order[:, k]  # k-th most likely class; the top one is the (clean-correct) label
-                sub = Batch(pixels=x, labels=batch.labels, index=batch.index, targets=targets, seeds=batch.seeds)
+                sub = Batch(pixels=x, labels=batch.labels, index=batch.index, targets=targets, seeds=batch.seeds,
+                            extra=batch.extra)
                 sub = sub if alive is None else sub.select(alive)
                 res = self.attack_restarts(model, sub, vehicle, generator)
                 with torch.no_grad():  # report the task objective, comparable across targets

@@ -1,9 +1,10 @@
 """Attack ensembles (AutoAttack-style): members run in order, each only on the samples still standing.
 
 Robustness is the per-sample worst case (design 'Trust'): a sample counts as robust only if it
-survives every member. With a classification objective, "standing" means the objective's
-``success`` test is false, checked in fp32 after each member; without a success test (LM or
-embedding objectives) every member attacks every sample and the highest task objective wins.
+survives every member. "Standing" means the verdict procedure (``attacks.verdict``) does not break
+the sample after a member: fp32, majority of fresh draws for randomized models, the task's own
+metric when run by the runner; without any success test (LM or embedding objectives called outside
+the runner) every member attacks every sample and the highest task objective wins.
 ``aa-white`` = APGD-CE then APGD-T (targeted DLR), the white-box half of AutoAttack standard.
 """
 
@@ -17,7 +18,8 @@ from torch import Tensor
 from robustbench_mm.attacks.apgd import LogitsCall
 from robustbench_mm.attacks.worst_case import RunResult, fold_worst_case
 from robustbench_mm.attacks.base import ATTACKS, Attack, check_threat
-from robustbench_mm.attacks.objectives import has_logits
+from robustbench_mm.attacks.objectives import LMObjective, has_logits
+from robustbench_mm.attacks.verdict import success_test, verdict_of
 from robustbench_mm.errors import ConfigError
 from robustbench_mm.runner import progress
 from robustbench_mm.types import AttackResult, Batch, Objective
@@ -50,8 +52,8 @@ class Ensemble(LogitsCall, Attack):
         if not attacks:
             raise ConfigError("attacks must name at least one member preset")
         self.norm, self.eps, self.seed = norm, eps, seed
-        extra = {"search_dtype": search_dtype} if search_dtype else {}
-        self.members: list[Attack] = [build(a, norm=norm, eps=eps, steps=steps, seed=seed, **extra) for a in attacks]
+        self.members: list[Attack] = [build(a, norm=norm, eps=eps, steps=steps, seed=seed,
+                                            **_dtype_override(a, search_dtype)) for a in attacks]
         if any(isinstance(m, Ensemble) for m in self.members):
             raise ConfigError("an ensemble member may not be an ensemble itself")
         self.steps = max(int(getattr(m, "steps", 0)) for m in self.members)
@@ -64,6 +66,8 @@ class Ensemble(LogitsCall, Attack):
         loss = getattr(member, "loss", None)
         if loss and has_logits(objective):
             return objective.with_loss(loss, targeted=False)  # type: ignore[attr-defined,no-any-return]
+        if loss in ("margin", "dlr") and isinstance(objective, LMObjective):  # answer-token margin
+            return objective.with_loss(loss, targeted=False)
         return objective
 
     def perturb(self, model: Any, batch: Batch, objective: Objective, *, generator: torch.Generator) -> AttackResult:
@@ -74,14 +78,34 @@ class Ensemble(LogitsCall, Attack):
         return {"norm": self.norm, "eps": float(self.eps or 0.0), "steps": self.steps}
 
 
+def _dtype_override(member: str, search_dtype: str | None) -> dict[str, Any]:
+    """``search_dtype`` for members whose implementation has one (torchattacks members run fp32)."""
+    import inspect
+
+    from robustbench_mm.attacks import registry_imports  # noqa: F401  (registers implementations)
+    from robustbench_mm.presets import load_raw
+
+    if not search_dtype:
+        return {}
+    impl = load_raw("attack", member)[1].get("impl")
+    takes = isinstance(impl, str) and impl in ATTACKS and "search_dtype" in inspect.signature(ATTACKS.get(impl)).parameters
+    return {"search_dtype": search_dtype} if takes else {}
+
+
 def run_in_sequence(model: Any, batch: Batch, objective: Objective, runs: list[tuple[Attack, Objective]],
                     generator: torch.Generator) -> AttackResult:
     """Per-sample worst case of ``(attack, the objective it maximises)`` runs, in order, each on the
-    samples still standing when ``objective`` can tell success. Every run's result is judged by
-    ``objective`` itself, in fp32, so runs with different losses are comparable."""
+    samples still standing. Every run's result is judged by the verdict procedure
+    (``attacks.verdict``: fp32, majority of fresh draws for randomized models; the task's own metric
+    when the runner attached the task), so runs with different losses are comparable and a sample
+    leaves the sequence only when the verdict breaks it. Without a task verdict and without a success
+    test (LM or embedding objectives outside the runner), every run sees every sample and the higher
+    objective wins. ``broken_by`` names, per sample, the run that broke it ("" = none)."""
     x = batch.pixels.detach()
-    can_tell = callable(getattr(objective, "success", None))
+    verdict = verdict_of(batch)
+    can_tell = verdict.task is not None or success_test(objective) is not None
     queries = 0
+    broken_by = [""] * len(x)
 
     def runner(attack: Attack, obj: Objective) -> Callable[[Tensor | None], RunResult]:
         def run(alive: Tensor | None) -> RunResult:
@@ -90,11 +114,16 @@ def run_in_sequence(model: Any, batch: Batch, objective: Objective, runs: list[t
             progress.member(attack.name)
             res = attack.perturb(model, sub, attack.prepare(model, sub, obj), generator=generator)
             queries += res.queries
-            with torch.no_grad():  # fp32 verdict and the task objective, comparable across runs
+            with torch.no_grad():  # the task objective, comparable across runs
                 loss = objective(model, res.pixels, sub).float()
-                succ = objective.success(model, res.pixels, sub) if can_tell else None  # type: ignore[attr-defined]
+            succ = verdict.broken(model, res.pixels, sub, objective) if can_tell else None
+            if succ is not None:
+                rows = range(len(x)) if alive is None else alive.nonzero().flatten().tolist()
+                for r, hit in zip(rows, succ.tolist()):
+                    if hit and not broken_by[r]:
+                        broken_by[r] = attack.name or type(attack).__name__.lower()
             return RunResult(res.pixels, loss, succ)
         return run
 
     out, _ = fold_worst_case(x, (runner(a, o) for a, o in runs))
-    return AttackResult(out.pixels.detach(), out.loss, queries)
+    return AttackResult(out.pixels.detach(), out.loss, queries, broken_by if can_tell else None)

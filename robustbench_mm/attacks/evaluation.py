@@ -1,8 +1,10 @@
 """One evaluation of an Objective at the current iterate, shared by the iterative attacks.
 
-The search may run under bf16 autocast (precision policy of the design: the verdict is recomputed
-in fp32 by the runner). Objectives with ``loss_and_success`` (classification) report success from
-the same forward pass, so tracking it costs nothing.
+The search may run under bf16 autocast (precision policy: the verdict is recomputed in fp32).
+Objectives with ``loss_and_success`` (classification) report success from the same forward pass;
+that flag only nominates: ``attacks.verdict.confirm_success`` re-judges nominated rows with the
+verdict procedure (fp32; majority of fresh draws for randomized models) wherever the search's
+forward is not already the verdict, so an attack only ever stops on a verdict.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from robustbench_mm.attacks.verdict import confirm_success
 from robustbench_mm.types import Batch, Objective
 
 
@@ -37,6 +40,7 @@ def evaluate(model: Any, x: Tensor, batch: Batch, objective: Objective, eot: int
     x = x.detach().requires_grad_(True)
     loss, success = _draws(model, x, batch, objective, eot, search_dtype)
     grad = torch.autograd.grad(loss.sum(), x)[0] / eot
+    success = confirm_success(model, x, batch, objective, success, search_dtype)
     return Evaluation(loss.detach() / eot, grad.detach(), success)
 
 
@@ -45,7 +49,7 @@ def score(model: Any, x: Tensor, batch: Batch, objective: Objective, eot: int,
     """Objective ``[B]`` and success at ``x`` without a gradient (a final iterate's check)."""
     with torch.no_grad():
         loss, success = _draws(model, x.detach(), batch, objective, eot, search_dtype)
-    return loss / eot, success
+    return loss / eot, confirm_success(model, x, batch, objective, success, search_dtype)
 
 
 def _draws(model: Any, x: Tensor, batch: Batch, objective: Objective, eot: int,

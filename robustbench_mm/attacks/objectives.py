@@ -186,6 +186,31 @@ class LMObjective:
             return -model.lm_loss(pixels, batch.prompts, batch.targets)
         return model.lm_loss(pixels, batch.prompts, batch.answers)
 
+    def with_loss(self, loss: str, *, targeted: bool | None = None) -> Any:
+        """``margin``/``dlr`` on an untargeted LM objective: the answer-token margin; else unchanged."""
+        if loss in ("margin", "dlr") and not (self.targeted if targeted is None else targeted):
+            return AnswerMarginObjective()
+        return self
+
+
+@dataclass
+class AnswerMarginObjective:
+    """The DLR analogue for generative answers (untargeted): at each answer token (teacher-forced),
+    the best wrong-token logit minus the right token's logit; per sample the maximum over the answer's
+    tokens. Positive exactly when greedy decoding leaves the reference answer at some token, and a
+    saturated softmax cannot hide it (logit differences, not probabilities)."""
+
+    def __call__(self, model: Any, pixels: Tensor, batch: Batch) -> Tensor:
+        assert batch.prompts is not None and batch.answers is not None
+        logits, labels = model.lm_logits(pixels, batch.prompts, batch.answers)
+        z, y = logits[:, :-1].float(), labels[:, 1:]
+        mask = y != -100
+        safe = y.clamp_min(0)
+        right = z.gather(2, safe[..., None]).squeeze(2)
+        wrong = z.scatter(2, safe[..., None], -float("inf")).amax(dim=2)
+        margin = (wrong - right).masked_fill(~mask, -float("inf"))
+        return margin.amax(dim=1)
+
 
 @dataclass
 class ModuleObjective(LogitsObjectiveMixin):

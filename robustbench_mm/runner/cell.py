@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from robustbench_mm.attacks.guard import check_valid, perturbation_norms
+from robustbench_mm.attacks.verdict import VERDICT_KEY, Verdict
 from robustbench_mm.errors import MMRobustError
 from robustbench_mm.models.zoo import LoadOptions, load_model
 from robustbench_mm.runner import gallery_capture, provenance
@@ -192,14 +193,17 @@ def _evaluate_halving_on_oom(cell: ResolvedCell, model: Any, objective: Any, bat
 
 def _evaluate_batch(cell: ResolvedCell, model: Any, objective: Any, batch: Batch) -> list[dict[str, Any]]:
     task, attack = cell.task, cell.attack
-    clean_pred = task.predict(model, batch)
+    verdict = Verdict(task, getattr(cell, "verdict_draws", 1))  # clean and adversarial: the same verdict
+    clean_pred = verdict.predict(model, batch)
     clean_ok = task.correct(batch, clean_pred).cpu()
     x_adv = batch.pixels.clone()
+    by_member = [""] * len(batch)
     verdict_model = model
     grad_norm = torch.full((len(batch),), float("nan"))
     if bool(clean_ok.any()):
         sub = batch.select(clean_ok.to(batch.pixels.device))
         sub.seeds = cell.spec.seed * 1_000_003 + sub.index  # per-example attack randomness
+        sub.extra[VERDICT_KEY] = verdict  # attacks stop on a sample only when this verdict breaks it
         if BEFORE_ATTACK_HOOK is not None:
             BEFORE_ATTACK_HOOK(model, sub)
         grad_norm[clean_ok] = _input_gradient_norms(model, sub, objective)
@@ -209,10 +213,13 @@ def _evaluate_batch(cell: ResolvedCell, model: Any, objective: Any, batch: Batch
         if not torch.isfinite(result.loss).all():
             raise FloatingPointError("attack objective became NaN/inf; the cell's numbers would be meaningless")
         x_adv[clean_ok.nonzero().flatten().to(x_adv.device)] = result.pixels.to(x_adv.dtype)
+        if result.broken_by is not None:
+            for r, name in zip(clean_ok.nonzero().flatten().tolist(), result.broken_by):
+                by_member[r] = name
         # text-side attacks (text-embed) are judged with the adversarial class embeddings
         verdict_model = attack.verdict_model(model) if hasattr(attack, "verdict_model") else model
     adv_batch = batch.with_pixels(x_adv)
-    adv_pred = task.predict(verdict_model, adv_batch)  # fp32 verdict on every adversarial example
+    adv_pred = verdict.predict(verdict_model, adv_batch)  # fp32 verdict (k fresh draws if randomized)
     if verdict_model is not model and isinstance(adv_pred, torch.Tensor):  # unattacked rows keep clean preds
         adv_pred = torch.where(clean_ok, adv_pred.cpu(), torch.as_tensor(clean_pred).cpu())
     if getattr(attack, "targeted", False):  # targeted ASR: the output is the attacker's target
@@ -237,6 +244,7 @@ def _evaluate_batch(cell: ResolvedCell, model: Any, objective: Any, batch: Batch
             "linf": float(linf[i]), "l2": float(l2[i]), "feature_cosine": float(cos[i]),
             "certified_bound": float("nan"), "grad_norm": float(grad_norm[i]),
             "certified": False,
+            "broken_by": (by_member[i] or attack.name) if bool(success[i]) else "",
         })
     return out
 
@@ -305,6 +313,7 @@ def summary_row(cell: ResolvedCell, model: Any, device: torch.device, tables: di
         **score_summary(cell.task, cell.entry.family, samples),
         "load_dtype": cell.spec.load_dtype, "device_map": cell.spec.device_map or "",
         "feature_cosine_attacked": attacked_feature_cosine(samples),
+        "protocol": getattr(cell, "protocol", ""), "verdict_draws": int(getattr(cell, "verdict_draws", 1)),
     }
 
 

@@ -55,6 +55,8 @@ class CellSpec:
     load_dtype: str = "fp32"  # precision the weights load in (--load-dtype); part of identity when not fp32
     revision: str | None = None  # hub branch/tag/commit to load (--revision); the resolved commit is identity
     device_map: str | None = None  # "auto": accelerate places a large model; execution option
+    protocol: str = ""  # a protocol preset (tasks/protocols/) naming the attack; "" = the attack preset above
+    verdict_draws: int | None = None  # fresh draws per verdict for randomized defenses; None = default 16
 
 
 @dataclass
@@ -70,6 +72,8 @@ class ResolvedCell:
     task: Task
     cell_id: str
     certify: bool
+    verdict_draws: int = 1  # draws of the verdict procedure (1 = one fp32 forward; k for randomized defenses)
+    protocol: str = ""  # protocol id recorded in the tables, e.g. mm-aa/standard/v1
 
     def config(self) -> dict[str, Any]:
         """Everything that determines the cell's numbers (hashed into ``cell_id``)."""
@@ -108,9 +112,15 @@ def resolve(spec: CellSpec) -> ResolvedCell:
     overrides = {"eps": spec.eps, "steps": spec.steps, "norm": spec.norm}
     if spec.dtype == "bf16":  # --dtype bf16: the search runs under bf16 autocast; verdicts stay fp32
         overrides["search_dtype"] = "bf16"
-    attack_preset = load_preset("attack", spec.attack, ATTACKS, _attack_overrides(spec.attack, overrides))
     defense_preset = load_preset("defense", spec.defense, DEFENSES)
     task_preset = load_preset("task", spec.task or DEFAULT_TASKS[entry.family], TASKS)
+    protocol = None
+    if spec.protocol:  # the protocol names the attack (an ensemble of its members) for this threat model
+        from robustbench_mm.runner.protocol import protocol_attack_preset
+
+        protocol, attack_preset = protocol_attack_preset(spec, defense_preset, task_preset, overrides)
+    else:
+        attack_preset = load_preset("attack", spec.attack, ATTACKS, _attack_overrides(spec.attack, overrides))
     attack = _build(ATTACKS.get(attack_preset.impl), attack_preset)
     defense = _build(DEFENSES.get(defense_preset.impl), defense_preset)
     attack_preset, attack = adaptive_eot(attack_preset, attack, defense)
@@ -126,8 +136,24 @@ def resolve(spec: CellSpec) -> ResolvedCell:
         raise ConfigError(f"--certify: defense {defense.name!r} has no certificate (use fs or fs-psm)")
     config = cell_config(entry, attack_preset, defense_preset, task_preset, spec)
     config["certify"] = certify
+    draws = verdict_draws(spec, defense, protocol)
+    if draws > 1:  # randomized defenses: the verdict's draws determine the numbers
+        config["verdict_draws"] = draws
+    if protocol is not None:
+        config["protocol"] = protocol.config()
     return ResolvedCell(spec, model_name, entry, attack_preset, defense_preset, task_preset, attack, defense, task,
-                        stable_hash(config), certify)
+                        stable_hash(config), certify, draws, protocol.id if protocol is not None else "")
+
+
+def verdict_draws(spec: CellSpec, defense: Defense, protocol: Any = None) -> int:
+    """Draws of the verdict procedure: 1 (one fp32 forward) for deterministic defenses; for randomized
+    ones ``--verdict-draws``, else the protocol's, else the default (16), validated >= 8."""
+    from robustbench_mm.attacks.verdict import DEFAULT_DRAWS, check_draws
+
+    if not defense.randomized:
+        return 1
+    chosen = spec.verdict_draws or (protocol.verdict_draws if protocol is not None else None) or DEFAULT_DRAWS
+    return check_draws(chosen)
 
 
 def check_scalars(spec: CellSpec) -> None:

@@ -136,8 +136,10 @@ class GenerativeTask(Task):
                      answers=[a[0] for a in answers], targets=targets, extra={"all_answers": answers})
 
     def objective(self, loss: str | None = None) -> Objective:
+        if loss in ("margin", "dlr"):  # the answer-token margin (DLR analogue)
+            return LMObjective(targeted=False).with_loss(loss)
         if loss not in (None, "lm", "ce"):
-            raise ConfigError(f"loss {loss!r} does not apply to generative task {self.name} (use lm)")
+            raise ConfigError(f"loss {loss!r} does not apply to generative task {self.name} (use lm or margin)")
         return LMObjective(targeted=False)
 
     def targeted_objective(self, loss: str | None = None) -> Objective:
