@@ -158,9 +158,13 @@ def benchmark(
         allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     picked = f"version {chosen}" + (" (auto)" if version == "auto" else "")
     typer.echo(f"benchmark: protocol {protocol.id}, {picked}, {len(specs)} threat model(s) -> {out}", err=True)
-    label = f"{model} | {defense}"
-    benchmarking.run(specs, protocol, chosen, out=out, force=force,
-                     on_result=lambda r: typer.echo(r.line(label)))
+    from robustbench_mm import api
+
+    ran = api.resolve_cell(specs[0]).entry.name  # the model actually run (an alias may fall back to the zoo)
+    label = f"{ran} | {defense}"
+    with _reporter(f"{ran} / {protocol.id} / {defense}", n * len(specs)) as reporter:
+        benchmarking.run(specs, protocol, chosen, out=out, force=force, progress=reporter.advance,
+                         on_result=lambda r: typer.echo(r.line(label)))
 
 
 @app.command()

@@ -26,7 +26,7 @@ import yaml
 from robustbench_mm.errors import ConfigError
 
 log = logging.getLogger(__name__)
-L2_EPS = 0.25  # docs/leaderboard.md: the smoothing noise level, a radius of every certificate grid
+L2_EPS = 0.5  # docs/leaderboard.md: the standard protocol's l2 budget, a radius of every certificate grid
 
 
 def load(path: str | Path) -> list[list[str]]:
