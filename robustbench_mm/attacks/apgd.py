@@ -1,7 +1,7 @@
 """Auto-PGD (Croce & Hein 2020, "Reliable evaluation of adversarial robustness with an ensemble of
 diverse parameter-free attacks", arXiv:2003.01690), linf and l2, over any Objective.
 
-Mechanics (methods.md 1.2): initial step ``2 eps``; checkpoints after ``0.22 N`` steps, then
+Mechanics (docs/methods.md): initial step ``2 eps``; checkpoints after ``0.22 N`` steps, then
 periods shrinking by ``0.03 N`` down to ``0.06 N``; at a checkpoint the step of a sample is halved
 (and the sample restarts from its best point) if at most ``rho`` of the steps since the last
 checkpoint increased the objective, or if its step was not halved last time and its best objective

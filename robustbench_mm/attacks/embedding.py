@@ -1,4 +1,4 @@
-"""Feature-level attacks on the vision encoder (methods.md 1.3): untargeted ``embed`` and the
+"""Feature-level attacks on the vision encoder (docs/methods.md): untargeted ``embed`` and the
 AttackVLM targeted MF-ii / MF-it (Zhao et al., NeurIPS 2023, "On Evaluating Adversarial Robustness
 of Large Vision-Language Models").
 
@@ -72,7 +72,7 @@ class FeatureAttack(Attack):
 
     Args:
         norm, eps: threat model in [0,1] pixel units.
-        steps: iterations; step_size: PGD step (None = methods.md default); restarts.
+        steps: iterations; step_size: PGD step (None = docs/methods.md default); restarts.
         optimizer: ``pgd`` or ``apgd``.
         search_dtype: ``fp32`` or ``bf16`` autocast for the search.
         seed: generator seed for ``attack(model, x, y)``.

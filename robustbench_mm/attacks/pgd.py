@@ -4,7 +4,7 @@ Random start, fixed step size, per-sample best iterate (the first successful one
 objective tells success), restarts keeping the per-sample worst case and, with success info,
 attacking only the samples still standing. Optional EOT: the gradient is averaged over ``eot``
 evaluations of a randomized objective (and success must hold in every one).
-Defaults follow methods.md 1.1 [BENCH]: step = eps/4 (linf) or 2.5*eps/steps (l2).
+Defaults follow docs/methods.md: step = eps/4 (linf) or 2.5*eps/steps (l2).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class PGD(Attack):
         norm: ``linf`` or ``l2``.
         eps: budget in [0,1] pixel units.
         steps: gradient steps per restart.
-        step_size: step in pixel units; None picks the methods.md default.
+        step_size: step in pixel units; None picks the docs/methods.md default.
         restarts: independent random starts; the per-sample highest objective wins.
         random_start: start uniformly in the ball (else at x).
         eot: gradient samples per step (EOT for randomized defenses).

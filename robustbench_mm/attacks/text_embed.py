@@ -9,7 +9,7 @@ layer (before position embeddings) through a forward hook, so it works for trans
 Loss maximised (PGD, random start):
 - ``labels`` given (classification): texts are class prompts, ``CE(s * I @ T_adv^T, labels)``.
 - ``labels`` None (paired): texts[i] describes image i, MMCoA's image-supervised text loss
-  ``CE_diag(s I T_adv^T) + CE_diag(s T_adv I^T)`` (methods.md 5.2).
+  ``CE_diag(s I T_adv^T) + CE_diag(s T_adv I^T)`` (docs/methods.md).
 
 The ``text-embed`` attack preset perturbs the class-prompt embeddings of a classification task,
 one perturbation per attacked batch (the text side of zero-shot classification is shared by all

@@ -2,7 +2,7 @@
 
 Paper: Yang, Wei, Liang, Hu, "Quantifying and Enhancing Multi-modal Robustness with Modality
 Preference", ICLR 2024, arXiv 2402.06244 [PAPER]; code GeWu-Lab/Certifiable-Robust-Multi-modal-Training
-[CODE]. Model (methods.md 4.2 [CODE]): per modality ``g^(m) = W~^(m) phi^(m)`` with
+[CODE]. Model (docs/methods.md): per modality ``g^(m) = W~^(m) phi^(m)`` with
 ``W~ = rownorm(center(W))``, fused ``h = sum_m a^(m) ⊙ g^(m) + b`` (``a`` initialised to 0.1).
 
 Benchmark adaptation (4.6 [BENCH]): ``phi^(1)`` = the unit CLIP image embedding of the pixels,
@@ -46,7 +46,7 @@ from robustbench_mm.tasks.crmt_task import DEFAULT_TEMPLATES, draw_texts
 log = logging.getLogger(__name__)
 
 
-# ---- pure math (methods.md 4.2-4.4, CPU, no weights) ---------------------------------------------
+# ---- pure math (docs/methods.md, CPU, no weights) ---------------------------------------------
 class CRMTHead(nn.Module):
     """Per-modality normalised class weights, integration weights ``a^(m)`` and shared bias ``b``.
 

@@ -1,7 +1,7 @@
 """MMCoA: multimodal contrastive adversarial fine-tuning of CLIP (and its image-only TeCoA variant).
 
 Paper: Zhou, Bai, Zhao, Chen, "Revisiting the Adversarial Robustness of Vision Language Models: a
-Multimodal Perspective", arXiv 2404.19287 [PAPER]; code ElleZWQ/MMCoA [CODE]. Loss (methods.md 5.2
+Multimodal Perspective", arXiv 2404.19287 [PAPER]; code ElleZWQ/MMCoA [CODE]. Loss (docs/methods.md
 [CODE + PAPER]), with ``S(A,B) = s A B^T`` on unit embeddings and ``CE_diag(M) = mean_i CE(M_i, i)``:
 
     L_img = CE_diag(S(I_adv, T)) + CE_diag(S(T, I_adv))     # adversarial images vs clean texts
@@ -78,7 +78,7 @@ def mmcoa_contrastive(img: Tensor, img_adv: Tensor, txt: Tensor, txt_adv: Tensor
 
 def mmcoa_loss(model: ContrastiveModel, x: Tensor, x_adv: Tensor, t_tok: Any, t_adv_tok: Any,
                lam_img: float = 0.5, lam_txt: float = 0.5) -> Tensor:
-    """``lam_img L_img + lam_txt L_txt`` of methods.md 5.2 for images ``x``/``x_adv`` and prompts
+    """``lam_img L_img + lam_txt L_txt`` of docs/methods.md for images ``x``/``x_adv`` and prompts
     ``t_tok``/``t_adv_tok`` (whatever ``model.encode_text`` takes), one prompt per image."""
     img = model.encode_image(x) if lam_txt else None
     img_adv = model.encode_image(x_adv) if lam_img else None

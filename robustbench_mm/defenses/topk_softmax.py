@@ -2,7 +2,7 @@
 
 Paper: Wang, Jiang, Zhang, Li, "Partially Recentralization Softmax Loss for Vision-Language Models
 Robustness", arXiv 2402.03627 [PAPER]. The paper's exact loss, K and numbers are [UNKNOWN]
-(official code not found); the two variants below are methods.md 3.1 [DERIVED]:
+(official code not found); the two variants below are described in docs/methods.md:
 
 - Variant A (default), partial recentralization: inside the top-K set ``T_K(z)`` the logits are
   pulled toward their mean, ``z~_j = z_j - gamma (z_j - mu_K)``; ``L_A = CE(z~, y)``. Gaps inside
@@ -41,7 +41,7 @@ from robustbench_mm.types import Batch
 
 def prsl_loss(logits: Tensor, target: Tensor, variant: str = "A", K: int = 5, gamma: float = 0.5,
               beta: float = 1.0, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
-    """Partially recentralized softmax loss (methods.md 3.1 [DERIVED]).
+    """Partially recentralized softmax loss (docs/methods.md).
 
     Args:
         logits: ``[N,V]`` (V classes or vocabulary entries).
@@ -94,7 +94,7 @@ def recentralize(z: Tensor, K: int, gamma: float, in_top: Tensor | None = None) 
 class TopKRecentralizedSoftmax(ClipFinetuneDefense):
     """Fine-tune CLIP's vision tower on zero-shot logits with PRSL, adversarial examples in the loop.
 
-    Loop (methods.md 3.4 [BENCH]): ``T_c`` = frozen text embeddings of ``template`` per class;
+    Loop (docs/methods.md): ``T_c`` = frozen text embeddings of ``template`` per class;
     ``x <- PGD(x, CE of raw logits)`` when ``adversarial``; ``z = s cos(f_I(x), T_c)``;
     ``loss = PRSL(z, y)``; AdamW with a cosine schedule.
 
@@ -194,7 +194,7 @@ class TopKRecentralizedSoftmax(ClipFinetuneDefense):
 
 def token_prsl(logits: Tensor, labels: Tensor, variant: str, K: int, gamma: float, beta: float) -> Tensor:
     """PRSL over next-token logits ``[B,L,V]`` with labels ``[B,L]`` (label at t = token t, scored
-    from position t-1; -100 = not scored), averaged over answer tokens (methods.md 3.1)."""
+    from position t-1; -100 = not scored), averaged over answer tokens (docs/methods.md)."""
     z, t = logits[:, :-1], labels[:, 1:]
     return prsl_loss(z.reshape(-1, z.shape[-1]), t.reshape(-1), variant, K, gamma, beta, reduction="mean")
 

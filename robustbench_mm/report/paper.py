@@ -1,6 +1,6 @@
 """Paper-table reproduction: run a spec's cells and put ours next to the published values.
 
-A spec (``tasks/papers/<name>.yaml``, methods.md section 8) names the paper, its protocol, the
+A spec (``tasks/papers/<name>.yaml``, docs/methods.md) names the paper, its protocol, the
 cells that measure it and the reference values with their provenance tags. Real models run when
 their weights are on disk; otherwise the run stops with one line naming the missing weights,
 and ``--zoo`` runs the same protocol on the bundled models of the same family (tasks mapped by
@@ -296,7 +296,7 @@ def render(spec: PaperSpec, table: pd.DataFrame, zoo: bool) -> str:
         head += ["**Zoo run**: the paper's protocol on the bundled tiny models (same family, bundled tasks). "
                  "Numbers are not comparable with the paper's; no pass/fail is given.", ""]
     head += ["Tags: PAPER = stated in the paper, CODE = official code; only these get pass/fail. 2ND = secondary "
-             "summary, DERIVED/BENCH/UNKNOWN = ours (methods.md section 0).", ""]
+             "summary, DERIVED/BENCH/UNKNOWN = ours (docs/methods.md).", ""]
     lines = ["| table | cell | model | metric | paper | tag | ours | delta | tolerance | within | verdict | note |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in table.iterrows():

@@ -113,7 +113,7 @@ def evaluate(cell: ResolvedCell, model: Any, device: torch.device, progress: Pro
 def _certify_batch(cell: ResolvedCell, model: Any, batch: Batch) -> pd.DataFrame:
     radii = sorted(set(cell.defense.certificate_radii()) | ({float(cell.attack.eps)} if cell.attack.norm == "l2"
                                                             and cell.attack.eps else set()))
-    if hasattr(cell.task, "class_prompts"):  # zero-shot: prediction-wise certificates (methods 2.13)
+    if hasattr(cell.task, "class_prompts"):  # zero-shot: prediction-wise certificates (docs/methods.md)
         batch = replace(batch, extra={**batch.extra, "class_prompts": tuple(cell.task.class_prompts())})
     with torch.no_grad():
         frame = cell.defense.certify(model, batch, radii)

@@ -1,7 +1,7 @@
 """Bundled multimodal classification (image + text description -> class), the CRMT setting.
 
 Every Fashion-MNIST image of the bundled slice gets a short text description; as in the
-missing-modality setting of CRMT (Yang et al., ICLR 2024, methods.md 4.5-4.6 [BENCH]) the text
+missing-modality setting of CRMT (Yang et al., ICLR 2024, docs/methods.md) the text
 is unreliable: with probability ``p_missing`` it is missing (empty string; its feature is zeroed,
 as the CRMT code zeroes a missing modality [CODE rob_test.py]), with probability ``p_corrupt`` it
 names a uniformly drawn *wrong* class, otherwise it names the true class. The template is drawn

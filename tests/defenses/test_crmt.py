@@ -1,4 +1,4 @@
-"""CRMT head, losses and certified radius (methods.md 4.7), on weight-free linear encoders."""
+"""CRMT head, losses and certified radius (docs/methods.md), on weight-free linear encoders."""
 
 from __future__ import annotations
 

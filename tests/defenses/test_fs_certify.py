@@ -1,4 +1,4 @@
-"""FS certificate math (methods.md 2.3-2.5, 2.9 tests 1, 2, 4, 5, 6, and 2.13) without model weights."""
+"""FS certificate math (docs/methods.md) without model weights."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def test_radius_zero_monotone_and_abstain() -> None:
 # ---- 2.9 test 2: toy encoder, exact expectation vs brute-force deltas ------------------------------
 # f_e(x) = normalize(W2 tanh(W1 x + b1)), d=2, D=3, sigma=0.5. The expectation over N(0, sigma^2 I) is
 # computed with a 64x64 Gauss-Hermite product rule (deterministic common nodes) instead of the 2e5 common
-# random numbers methods 2.9 asks for; it agrees with 2e5 MC samples to MC precision (checked below).
+# random numbers these tests need; it agrees with 2e5 MC samples to MC precision (checked below).
 SIGMA = 0.5
 
 

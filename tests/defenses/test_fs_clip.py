@@ -1,5 +1,5 @@
 """FS / FS-PSM on the bundled clip-tiny: interface, runner wiring, and the empirical checks of
-methods 2.9 (soundness against an adaptive EOT attack, certified <= empirical, PSM raises FCSB,
+docs/methods.md (soundness against an adaptive EOT attack, certified <= empirical, PSM raises FCSB,
 PSM lowers ASR). Monte Carlo budgets are small; tolerances account for them explicitly."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """GPU suite for FS / FS-PSM (``pytest -m gpu``; skipped without CUDA): the soundness check of
-methods 2.9 on llava-tiny and blip2-tiny (clip-tiny runs it in CI on the CPU), FCSB with PSM above
+docs/methods.md on llava-tiny and blip2-tiny (clip-tiny runs it in CI on the CPU), FCSB with PSM above
 plain FS at every radius, and the runner end to end on CUDA with bf16 autocast."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""PSM plug-in (methods 2.7 / 2.12): identity at init, training, caching by config hash, resume."""
+"""PSM plug-in (docs/methods.md): identity at init, training, caching by config hash, resume."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""MMCoA loss (methods.md 5.7), the token-embedding text attack and the joint attack."""
+"""MMCoA loss (docs/methods.md), the token-embedding text attack and the joint attack."""
 
 from __future__ import annotations
 

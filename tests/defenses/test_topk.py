@@ -1,4 +1,4 @@
-"""PRSL / top-K RS (methods.md 3.2 correctness tests) and the top-K RS training loop."""
+"""PRSL / top-K RS (docs/methods.md correctness tests) and the top-K RS training loop."""
 
 from __future__ import annotations
 

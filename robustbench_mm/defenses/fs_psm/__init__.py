@@ -1,1 +1,1 @@
-"""Feature-space smoothing (FS) with FCSB certificates and the PSM plug-in (methods.md Section 2)."""
+"""Feature-space smoothing (FS) with FCSB certificates and the PSM plug-in (docs/methods.md)."""

@@ -1,9 +1,9 @@
-"""FCSB certificates for feature-space smoothing (methods.md 2.3-2.5, 2.13). Pure math + MC loop.
+"""FCSB certificates for feature-space smoothing (docs/methods.md). Pure math + MC loop.
 
 Everything here is model-free except :func:`certify_fs`, which only needs a feature function
 ``encoder(pixels [k,C,H,W]) -> [k,...]`` (the composite ``normalize(M(E(P(.))))`` encoder, or the
 bare one). Paper: Xia et al., arXiv 2601.16200 (FS / PSM). The bound and the two-stage Monte
-Carlo procedure are [DERIVED] in methods.md 2.4-2.5 (Salman et al. 2019 Lemma 2 applied to
+Carlo procedure are [DERIVED] in docs/methods.md (Salman et al. 2019 Lemma 2 applied to
 ``(1 + <u, f_e>)/2``; Cohen et al. 2019 CERTIFY for the selection / estimation split).
 """
 
@@ -54,7 +54,7 @@ def fcsb_upper(score: float, eps: float, sigma: float) -> float:
 
 
 def fcsb(score: float, eps: float, sigma: float) -> float:
-    """FCSB (methods 2.3): ``cos(f_hat(x), f_hat(x+delta)) >= L`` for all ``||delta||_2 <= eps``.
+    """FCSB (docs/methods.md): ``cos(f_hat(x), f_hat(x+delta)) >= L`` for all ``||delta||_2 <= eps``.
 
     Args:
         score: Gaussian robustness score S in [0,1] (pass the lower confidence bound ``S_lo``).
@@ -76,7 +76,7 @@ def hoeffding_lower(mean: float, n: int, alpha: float, width: float = 2.0) -> fl
 def bernstein_lower(mean: float, var: float, n: int, alpha: float, width: float = 2.0) -> float:
     """Empirical-Bernstein lower bound (Maurer & Pontil 2009, Thm 4) for values in a ``width`` range.
 
-    ``var`` is the unbiased sample variance; with ``width`` = 2 this is methods 2.5's formula.
+    ``var`` is the unbiased sample variance; with ``width`` = 2 this is the formula of docs/certificates.md.
     """
     if n < 2:
         return -math.inf
@@ -213,7 +213,7 @@ def lower_bound(mean: float, var: float, n: int, alpha: float, bound: str) -> fl
     return hoeffding_lower(mean, n, alpha) if bound == "hoeffding" else bernstein_lower(mean, var, n, alpha)
 
 
-# ---- prediction-wise certificate (methods 2.13) -------------------------------------------------
+# ---- prediction-wise certificate (docs/methods.md) -------------------------------------------------
 class PredictionCertificate(NamedTuple):
     """``pred`` ``[B]`` = argmax_c cos(u, t_c); ``certified`` ``[B,R]`` bool."""
 
@@ -222,7 +222,7 @@ class PredictionCertificate(NamedTuple):
 
 
 def certify_prediction(u: Tensor, anchors: Tensor, bounds: Tensor) -> PredictionCertificate:
-    """Certify ``argmax_c cos(f_hat(x+delta), t_c)`` from an angle budget (methods 2.13 [DERIVED]).
+    """Certify ``argmax_c cos(f_hat(x+delta), t_c)`` from an angle budget (docs/methods.md).
 
     Args:
         u: ``[B,D]`` reference directions (unit). anchors: ``[C,D]`` class embeddings (normalised here).

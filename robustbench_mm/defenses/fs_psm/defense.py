@@ -1,6 +1,6 @@
 """Registered defenses ``fs`` (feature-space smoothing) and ``fs-psm`` (with Purifier + Smoothness Mapper).
 
-Paper: Xia et al., arXiv 2601.16200 (methods.md Section 2). Inference swaps the model's vision
+Paper: Xia et al., arXiv 2601.16200 (docs/methods.md). Inference swaps the model's vision
 features for their Gaussian-smoothed MC estimate (2.6); ``certify`` runs CERTIFY_FS (2.5) and, for
 CLIP zero-shot tasks, the prediction-wise certificate (2.13).
 """

@@ -1,4 +1,4 @@
-"""PSM plug-in (methods 2.7, 2.12): Purifier P before the frozen encoder, Smoothness Mapper M after.
+"""PSM plug-in (docs/methods.md): Purifier P before the frozen encoder, Smoothness Mapper M after.
 
 [BENCH] substitutions, documented in defenses/fs-psm.yaml:
   * P is a small noise-conditioned residual conv denoiser trained with MSE to the clean image

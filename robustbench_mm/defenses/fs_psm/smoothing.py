@@ -1,10 +1,10 @@
-"""The smoothed feature transform that plugs into ``VLM.feature_transform`` (methods 2.6).
+"""The smoothed feature transform that plugs into ``VLM.feature_transform`` (docs/methods.md).
 
 ``f_hat(x) ~ mean_j f_e(x + sigma z_j)`` with the noise draws as a batch dimension; the result is
 rescaled to the mean original norm (2.6 step 3 [BENCH]) and reshaped to the raw feature shape, so
 CLIP zero-shot logits (scale-invariant) and the LLaVA / BLIP-2 LMs (``[B,N,D]`` tokens) consume it
 without adapter changes. Fresh noise is drawn on every call, so a gradient through the transform is
-an EOT gradient over ``n_samples`` draws (methods 2.11).
+an EOT gradient over ``n_samples`` draws (docs/methods.md).
 """
 
 from __future__ import annotations
