@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_invoke import invoke  # tests/cli_invoke.py
 from robustbench_mm import cli
 from robustbench_mm.runner.progress import LogReporter
 
@@ -24,15 +25,7 @@ def no_load(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["mmrobust", *args])
-    monkeypatch.setitem(cli.STATE, "debug", False)
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return invoke(monkeypatch, capsys, *args)
 
 
 BAD_RUNS = [

@@ -4,14 +4,13 @@ local LLaVA-1.5 directory. Each test builds its model, runs ``mmrobust run --n 2
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from cli_invoke import invoke  # tests/cli_invoke.py
 import realsize  # tests/models/realsize.py (pytest puts this folder on sys.path)
-from robustbench_mm import cli
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 pytestmark = pytest.mark.slow
@@ -29,15 +28,8 @@ def hf_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 
 def _cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    """``mmrobust ARGS`` through the console entry point, in this process (no second torch import)."""
-    monkeypatch.setattr(sys, "argv", ["mmrobust", *args])
-    monkeypatch.setitem(cli.STATE, "debug", False)
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    return code, capsys.readouterr().err
+    code, _, err = invoke(monkeypatch, capsys, *args)
+    return code, err
 
 
 def _row(out: Path) -> pd.Series:
