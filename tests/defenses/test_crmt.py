@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -135,9 +134,7 @@ def test_crmt_training_resumes_exactly_across_the_step2_boundary(tmp_path, monke
     from robustbench_mm.tasks.crmt_task import MultimodalClassification
 
     if not (RAW_FMNIST_DIR / "train-images-idx3-ubyte.gz").exists():
-        if os.environ.get("CI"):
-            pytest.fail("Fashion-MNIST train split missing: .ci/run installs dataset-fashion-mnist")
-        pytest.skip("Fashion-MNIST train split not installed")
+        pytest.fail("Fashion-MNIST train split missing: apt-get install dataset-fashion-mnist (.ci/run installs it)")
     monkeypatch.setenv("MMROBUST_CACHE", str(tmp_path / "cache"))
     a = _tiny_crmt()
     a.fit(load_model("clip-tiny"), tmp_path / "a", stop_after=5)

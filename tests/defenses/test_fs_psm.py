@@ -84,7 +84,7 @@ def test_psm_training_data_is_the_train_split_and_never_the_eval_slice(monkeypat
     from robustbench_mm.tasks import bundled
 
     if not (bundled.RAW_FMNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip("Fashion-MNIST train split not installed (apt-get install dataset-fashion-mnist)")
+        pytest.fail("Fashion-MNIST train split missing: apt-get install dataset-fashion-mnist (.ci/run installs it)")
 
     def forbidden(*a: object, **k: object) -> None:
         raise AssertionError("PSM training read the evaluation slice")

@@ -63,14 +63,7 @@ def test_compare_flags_moves_beyond_the_interval(make_store) -> None:  # type: i
     assert len(cmp.regressions) == 1 and "outside the release's 95% interval" in cmp.regressions[0]
 
 
-def _has_benchmark() -> bool:
-    from robustbench_mm.cli import app
-
-    return any((c.name or c.callback.__name__) == "benchmark" for c in app.registered_commands)  # type: ignore
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _has_benchmark(), reason="needs `mmrobust benchmark` (the protocol command)")
 def test_nightly_passes_then_fails_on_a_regression(tmp_path: Path) -> None:
     grid = tmp_path / "tiny.yaml"
     grid.write_text("name: tiny\nmodels: [clip-tiny]\nattacks: [none]\ndefenses: [none]\nn: 8\n")
