@@ -51,6 +51,7 @@ def test_shipped_protocols_load_and_match_autoattack() -> None:
 
     for m in rand.families["classification"].members:
         assert load_raw("attack", m)[1]["params"]["eot"] == 20  # AutoAttack's rand: EOT over 20 draws
+    assert rand.eot_draws == 20 and rand.config()["eot_draws"] == 20  # part of the protocol's identity
     assert load_raw("attack", "ta-square")[1]["params"]["steps"] == 5000
     assert load_raw("attack", "apgd-t")[1]["params"]["n_targets"] == 9
     config = std.config()  # every member's preset is part of the protocol's identity
@@ -121,6 +122,56 @@ def test_benchmark_fs_auto_picks_rand_with_k_draw_verdicts(tmp_path: Path) -> No
     assert res.returncode == 0, res.stderr
     asr = pd.read_parquet(out / "asr.parquet")
     assert asr["verdict_draws"].tolist() == [8]  # the protocol's k for a randomized defense
+
+
+class _Randomized:
+    randomized = True
+
+    def __init__(self, draws: int) -> None:
+        self.draws_per_forward = draws
+
+
+@pytest.mark.parametrize("draws,expected", [(1, 20), (16, 2), (20, 1), (7, 3), (64, 1)])
+def test_rand_eot_budget_counts_draws_not_forwards(draws: int, expected: int) -> None:
+    rand = load_protocol("rand-v1")
+    assert rand.eot_for(_Randomized(draws)) == expected
+    assert expected * draws >= rand.eot_draws  # every step still averages >= 20 draws
+    assert rand.eot_for(object()) is None  # deterministic defenses: members as their presets say
+    assert load_protocol("standard-v1").eot_for(_Randomized(1)) is None
+
+
+def test_rand_protocol_against_fs_names_the_eot_it_ran() -> None:
+    from robustbench_mm.benchmarking import plan
+    from robustbench_mm.runner.resolve import resolve
+
+    for model in ("clip-tiny", "llava-tiny"):
+        _, _, specs = plan(model, defense="fs", n=4)
+        assert [(s.norm, s.eps) for s in specs] == [("linf", 8 / 255), ("l2", 0.5)]  # l2: where FS certifies
+        for spec in specs:
+            members = resolve(spec).attack.members
+            assert [m.eot for m in members] == [2, 2]  # ceil(20 draws / n_inf 16)
+            assert all(m.name.endswith("+eot2") for m in members)
+
+
+@pytest.mark.parametrize("value", [0, -3, "20", 2.5, True])
+def test_protocol_rejects_bad_eot_draws(value: object, tmp_path: Path) -> None:
+    proto = tmp_path / "bad.yaml"
+    proto.write_text(f"name: bad\nid: t/bad/v1\neot_draws: {value!r}\n"
+                     "classification:\n  members: [apgd-ce]\n  threat_models:\n    - {norm: linf, eps: 8/255}\n")
+    with pytest.raises(ConfigError, match="eot_draws"):
+        load_protocol(str(proto))
+
+
+def test_ensemble_eot_only_touches_members_with_eot() -> None:
+    from robustbench_mm.attacks.ensemble import Ensemble
+
+    ens = Ensemble(attacks=("rand-apgd-ce", "ta-square", "apgd-ce"), eot=3, steps=2)
+    assert [m.name for m in ens.members] == ["rand-apgd-ce+eot3", "ta-square", "apgd-ce+eot3"]
+    assert ens.members[0].eot == 3 and not hasattr(ens.members[1], "eot")
+    same = Ensemble(attacks=("rand-apgd-ce",), eot=20, steps=2)
+    assert same.members[0].name == "rand-apgd-ce"  # the preset's own value: no suffix
+    with pytest.raises(ConfigError, match="eot"):
+        Ensemble(attacks=("apgd-ce",), eot=0)
 
 
 class SmallCNN(nn.Module):

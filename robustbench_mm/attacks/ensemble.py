@@ -33,6 +33,9 @@ class Ensemble(LogitsCall, Attack):
         attacks: member preset names, in order (e.g. ``[apgd-ce, apgd-t]``).
         norm, eps: threat model, imposed on every member.
         steps: iterations imposed on every member; None keeps each member's preset value.
+        eot: EOT evaluations per step imposed on every member that has an ``eot`` parameter (the rand
+            protocol sets it from its draw budget); a member whose preset value changes is named
+            ``<member>+eot<k>`` so tables say what ran. None keeps the presets' values.
         seed: generator seed when called as ``attack(model, x, y)``.
     """
 
@@ -43,17 +46,18 @@ class Ensemble(LogitsCall, Attack):
         norm: Literal["linf", "l2"] = "linf",
         eps: float = 8 / 255,
         steps: int | None = None,
+        eot: int | None = None,
         search_dtype: Literal["fp32", "bf16"] | None = None,
         seed: int = 0,
     ) -> None:
-        from robustbench_mm.attacks import build
-
         check_threat(norm, eps, steps)
         if not attacks:
             raise ConfigError("attacks must name at least one member preset")
+        if eot is not None and eot <= 0:
+            raise ConfigError(f"eot={eot} must be a positive integer")
         self.norm, self.eps, self.seed = norm, eps, seed
-        self.members: list[Attack] = [build(a, norm=norm, eps=eps, steps=steps, seed=seed,
-                                            **_dtype_override(a, search_dtype)) for a in attacks]
+        self.members: list[Attack] = [_member(a, norm=norm, eps=eps, steps=steps, seed=seed, eot=eot,
+                                              **_dtype_override(a, search_dtype)) for a in attacks]
         if any(isinstance(m, Ensemble) for m in self.members):
             raise ConfigError("an ensemble member may not be an ensemble itself")
         self.steps = max(int(getattr(m, "steps", 0)) for m in self.members)
@@ -76,6 +80,25 @@ class Ensemble(LogitsCall, Attack):
 
     def describe(self) -> dict[str, Any]:
         return {"norm": self.norm, "eps": float(self.eps or 0.0), "steps": self.steps}
+
+
+def _member(name: str, *, eot: int | None, **overrides: Any) -> Attack:
+    """Build one member; an imposed ``eot`` applies only where the implementation takes one."""
+    import inspect
+
+    from robustbench_mm.attacks import build, registry_imports  # noqa: F401  (registers implementations)
+    from robustbench_mm.presets import load_raw
+
+    if eot is None:
+        return build(name, **overrides)
+    data = load_raw("attack", name)[1]
+    impl = data.get("impl")
+    if not (isinstance(impl, str) and impl in ATTACKS and "eot" in inspect.signature(ATTACKS.get(impl)).parameters):
+        return build(name, **overrides)
+    attack = build(name, eot=eot, **overrides)
+    if eot != int((data.get("params") or {}).get("eot", 1)):
+        attack.name = f"{name}+eot{eot}"
+    return attack
 
 
 def _dtype_override(member: str, search_dtype: str | None) -> dict[str, Any]:

@@ -22,9 +22,12 @@ class Defense(ABC):
         rescales_logits: changes the logits' scale -> margin loss is added.
         families: model families it applies to; others fail with one clear line.
         certifies: whether ``certify`` returns bounds (``--certify`` is bad input otherwise).
+        draws_per_forward: random draws one forward of the defended model averages (smoothing
+            defenses average many); the rand protocol counts its EOT budget in draws.
     """
 
     randomized: bool = False
+    draws_per_forward: int = 1
     non_differentiable: bool = False
     rescales_logits: bool = False
     certifies: bool = False

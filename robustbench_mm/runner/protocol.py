@@ -21,7 +21,7 @@ from robustbench_mm.presets import Preset, load_preset, parse_number, presets_ro
 VERSIONS = ("auto", "standard", "rand")
 FAMILIES = ("classification", "generative")
 LATEST = {"standard": "standard-v1", "rand": "rand-v1"}
-_TOP_KEYS = {"name", "id", "version", "description", "verdict_draws", *FAMILIES}
+_TOP_KEYS = {"name", "id", "version", "description", "verdict_draws", "eot_draws", *FAMILIES}
 _FAMILY_KEYS = {"members", "rescales_logits", "threat_models"}
 
 
@@ -46,6 +46,14 @@ class Protocol:
     verdict_draws: int
     families: Mapping[str, FamilyPlan]
     path: str
+    eot_draws: int | None = None  # random draws per gradient step for randomized defenses (None: presets' eot)
+
+    def eot_for(self, defense: Any) -> int | None:
+        """Members' EOT evaluations per step against ``defense``: ``ceil(eot_draws / d)`` where one
+        forward of the defended model averages ``d`` draws, so each step averages >= eot_draws draws."""
+        if self.eot_draws is None or not getattr(defense, "randomized", False):
+            return None
+        return -(-self.eot_draws // max(1, int(getattr(defense, "draws_per_forward", 1))))
 
     @property
     def attack_name(self) -> str:
@@ -65,6 +73,7 @@ class Protocol:
         _register_all()
         members = sorted({m for f in self.families.values() for m in (*f.members, *f.rescales_logits)})
         return {"id": self.id, "version": self.version, "verdict_draws": self.verdict_draws,
+                **({"eot_draws": self.eot_draws} if self.eot_draws is not None else {}),
                 "members": {m: load_preset("attack", m, ATTACKS).config() for m in members}}
 
 
@@ -116,7 +125,10 @@ def load_protocol(ref: str) -> Protocol:
     version = data.get("version", 1)
     if not isinstance(version, int) or isinstance(version, bool):
         raise ConfigError(f"{path}: version={version!r} must be an integer")
-    return Protocol(data["name"], data["id"], version, draws, families, str(path))
+    eot_draws = data.get("eot_draws")
+    if eot_draws is not None and (not isinstance(eot_draws, int) or isinstance(eot_draws, bool) or eot_draws <= 0):
+        raise ConfigError(f"{path}: eot_draws={eot_draws!r} must be a positive integer (random draws per step)")
+    return Protocol(data["name"], data["id"], version, draws, families, str(path), eot_draws)
 
 
 def _family(raw: Any, where: str) -> FamilyPlan:
@@ -186,6 +198,9 @@ def protocol_attack_preset(spec: Any, defense_preset: Preset, task_preset: Prese
     threat_models(protocol, family, task.name, spec.norm, spec.eps)  # the task must have a budget in this norm
     members = plan.members + (plan.rescales_logits if defense.rescales_logits else ())
     params: dict[str, Any] = {"attacks": list(members), "norm": spec.norm, "eps": spec.eps}
+    eot = protocol.eot_for(defense)
+    if eot is not None:
+        params["eot"] = eot
     if overrides.get("search_dtype"):
         params["search_dtype"] = overrides["search_dtype"]
     validated = validate_params(ATTACKS.get("ensemble"), params, protocol.path, set())

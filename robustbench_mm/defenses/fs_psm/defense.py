@@ -59,6 +59,7 @@ class FeatureSmoothing(Defense):
             raise ConfigError(f"radii={radii} must be >= 0 (l2, pixel units)")
         self.sigma, self.n_inf, self.n_eot, self.n0, self.n = sigma, n_inf, n_eot, n0, n
         self.alpha, self.radii, self.bound, self.seed, self.chunk = alpha, tuple(radii), bound, seed, chunk
+        self.draws_per_forward = n_inf  # each forward already averages n_inf noise draws
 
     # ---- inference ----------------------------------------------------------------------------
     def plugin(self, model: Any) -> Plugin | None:
