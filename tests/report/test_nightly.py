@@ -34,8 +34,9 @@ def test_release_manifest_covers_the_zoo() -> None:
     for (model, defense, _), n in rows.items():
         randomized_lvlm = model in ("llava-tiny", "blip2-tiny") and defense in ("fs", "fs-psm")
         assert n >= (64 if randomized_lvlm else 200)
-    assert manifest.stores(commands) == [f"results/runs/leaderboard-v1/{m}" for m in
-                                         ("clip-tiny", "openclip-tiny", "llava-tiny", "blip2-tiny")]
+    assert manifest.stores(commands) == [f"results/runs/leaderboard-v1/{m}{half}" for m in
+                                         ("clip-tiny", "openclip-tiny", "llava-tiny", "blip2-tiny")
+                                         for half in ("", "-rand")]
 
 
 def test_manifest_rejects_other_commands(tmp_path: Path) -> None:
