@@ -28,7 +28,7 @@ from torch import Tensor
 
 from robustbench_mm.attacks.base import ATTACKS, Attack, check_threat, project
 from robustbench_mm.attacks.guard import check_valid
-from robustbench_mm.attacks.objectives import ModuleObjective, has_logits
+from robustbench_mm.attacks.objectives import ModuleObjective, bound, has_logits
 from robustbench_mm.attacks.evaluation import evaluate, keep_rows, syncs_are_free
 from robustbench_mm.attacks.verdict import judge_run, verdict_of
 from robustbench_mm.attacks.worst_case import RunResult, fold_worst_case, rows_like
@@ -228,7 +228,7 @@ class TowardsTarget:
     loss: str
 
     def loss_and_success(self, model: Any, pixels: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
-        logits = self.base.logits(model, pixels)
+        logits = bound(self.base, batch).logits(model, pixels)
         towards = self.base.with_loss(self.loss, targeted=True)
         return towards._from_logits(logits, batch), self.base._success_from_logits(logits.detach(), batch)
 
@@ -273,7 +273,7 @@ class APGDTargeted(APGD):
         base = base.with_loss(base.loss, targeted=False) if getattr(base, "targeted", False) else base
         x = batch.pixels.detach()
         # target ranking on the verdict's logits (k-draw mean for randomized models), in fp32
-        order = verdict_of(batch).mean_logits(base.logits, model, x).argsort(dim=1, descending=True)
+        order = verdict_of(batch).mean_logits(bound(base, batch).logits, model, x).argsort(dim=1, descending=True)
         n_t = min(self.n_targets, order.shape[1] - 1)
         vehicle = TowardsTarget(base, self.loss or "dlr")
 

@@ -104,6 +104,14 @@ class LogitsObjectiveMixin:
         return replace(self, loss=loss, targeted=self.targeted if targeted is None else targeted)  # type: ignore
 
 
+def bound(objective: Any, batch: Batch) -> Any:
+    """``objective`` tied to the rows of ``batch`` when its logits depend on per-row inputs other
+    than the pixels (``bind``; e.g. each image's own text in multimodal classification), else as is.
+    Callers that only have pixels (``logits(model, pixels)``) must bind to the matching rows first."""
+    bind = getattr(objective, "bind", None)
+    return bind(batch) if callable(bind) else objective
+
+
 @dataclass
 class ClassifierObjective(LogitsObjectiveMixin):
     """Untargeted loss on zero-shot logits; targeted variants move towards ``batch.targets``

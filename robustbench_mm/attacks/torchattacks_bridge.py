@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from robustbench_mm.attacks.apgd import LogitsCall
 from robustbench_mm.attacks.base import ATTACKS, Attack, check_threat, project
-from robustbench_mm.attacks.objectives import has_logits
+from robustbench_mm.attacks.objectives import bound, has_logits
 from robustbench_mm.errors import CapabilityError, ConfigError
 from robustbench_mm.types import AttackResult, Batch, Objective
 
@@ -96,11 +96,10 @@ class TorchattacksBridge(LogitsCall, Attack):
                               f"(valid: {', '.join(sorted(p - {'self', 'model'}))})")
         return kw
 
-    def perturb(self, model: Any, batch: Batch, objective: Objective, *, generator: torch.Generator) -> AttackResult:
+    def _run(self, model: Any, objective: Objective, batch: Batch, generator: torch.Generator) -> Tensor:
+        """torchattacks on ``batch`` through the objective's logits; the output is projected when asked."""
         import torchattacks
 
-        if not has_logits(objective):
-            raise CapabilityError(f"torchattacks.{self.cls_name} needs a classification task (class logits)")
         module = LogitsModule(model, objective).eval()
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
         x, y = batch.pixels.detach(), batch.labels.to(batch.pixels.device)
@@ -116,6 +115,19 @@ class TorchattacksBridge(LogitsCall, Attack):
         if self.project_output:
             assert self.norm is not None and self.eps is not None
             x_adv = project(x, x_adv, self.norm, self.eps)
+        return x_adv
+
+    def perturb(self, model: Any, batch: Batch, objective: Objective, *, generator: torch.Generator) -> AttackResult:
+        if not has_logits(objective):
+            raise CapabilityError(f"torchattacks.{self.cls_name} needs a classification task (class logits)")
+        if callable(getattr(objective, "bind", None)):
+            # logits depend on per-row inputs (e.g. each image's text) and torchattacks attacks
+            # subsets of rows internally: run it one row at a time so every row keeps its own input
+            rows = [self._run(model, bound(objective, one), one, generator)
+                    for one in (batch.select(torch.arange(len(batch.pixels)) == i) for i in range(len(batch.pixels)))]
+            x_adv = torch.cat(rows) if rows else batch.pixels.detach()
+        else:
+            x_adv = self._run(model, objective, batch, generator)
         with torch.no_grad():
             loss = objective(model, x_adv, batch).float()
         return AttackResult(x_adv, loss, int(self.kwargs.get("n_queries", self.kwargs.get("steps", 0)) or 0))

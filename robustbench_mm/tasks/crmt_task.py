@@ -11,18 +11,19 @@ same text, independent of batch size and of which samples are evaluated.
 The task evaluates any CLIP: a model with ``fused_logits`` (the CRMT late-fusion classifier) uses
 it; a plain CLIP uses training-free zero-shot late fusion, ``s cos(f_I(x), T_c) + s cos(g_T(t), T_c)``
 with the text term 0 for a missing text. The default objective (CE of the fused logits) attacks
-the image only; text-embedding and joint attacks are evaluated by the CRMT defense itself.
+the image only and is a classification objective (the protocol's classification members apply); text-embedding and joint attacks are evaluated by the CRMT defense itself.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from robustbench_mm.attacks.objectives import CLASSIFICATION_LOSSES
+from robustbench_mm.attacks.objectives import CLASSIFICATION_LOSSES, LogitsObjectiveMixin
 from robustbench_mm.errors import ConfigError
 from robustbench_mm.tasks.base import TASKS, Task, to_long
 from robustbench_mm.tasks.bundled import FMNIST_CLASSES
@@ -68,21 +69,45 @@ def zero_shot_fusion_logits(model: Any, pixels: Tensor, texts: Sequence[str], cl
 
 
 def fused_logits(model: Any, pixels: Tensor, batch: Batch, class_prompts: Sequence[str]) -> Tensor:
-    texts = list(batch.extra["texts"])  # type: ignore[arg-type]
+    return _fused(model, pixels, list(batch.extra["texts"]), class_prompts)  # type: ignore[arg-type]
+
+
+def _fused(model: Any, pixels: Tensor, texts: list[str], class_prompts: Sequence[str]) -> Tensor:
     if hasattr(model, "fused_logits"):
         return model.fused_logits(pixels, texts)  # type: ignore[no-any-return]
     return zero_shot_fusion_logits(model, pixels, texts, class_prompts)
 
 
-class FusedObjective:
-    """Image-side attack objective: a classification loss of the fused logits (texts fixed)."""
+@dataclass
+class FusedObjective(LogitsObjectiveMixin):
+    """Image-side attack objective: a classification loss of the fused logits (texts fixed).
 
-    def __init__(self, class_prompts: Sequence[str], loss: str = "ce") -> None:
-        self.class_prompts, self.loss = list(class_prompts), loss
+    A classification objective like the zero-shot one (margin, DLR, targeted losses; APGD-T, FAB,
+    Square), except that the logits depend on each row's own text: every method that receives the
+    batch reads the texts from it, and ``logits(model, pixels)`` needs the objective bound to the
+    rows first (``bind``; ``attacks.objectives.bound``)."""
+
+    class_prompts: Sequence[str]
+    loss: str = "ce"
+    targeted: bool = False
+    texts: tuple[str, ...] | None = None  # the bound rows' texts
+
+    def bind(self, batch: Batch) -> "FusedObjective":
+        return replace(self, texts=tuple(batch.extra["texts"]))  # type: ignore[arg-type]
+
+    def logits(self, model: Any, pixels: Tensor) -> Tensor:
+        if self.texts is None or len(self.texts) != len(pixels):
+            raise ValueError("FusedObjective.logits needs the objective bound to the same rows (bind(batch))")
+        return _fused(model, pixels, list(self.texts), self.class_prompts)
+
+    def loss_and_success(self, model: Any, pixels: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
+        return LogitsObjectiveMixin.loss_and_success(self.bind(batch), model, pixels, batch)
+
+    def success(self, model: Any, pixels: Tensor, batch: Batch) -> Tensor:
+        return LogitsObjectiveMixin.success(self.bind(batch), model, pixels, batch)
 
     def __call__(self, model: Any, pixels: Tensor, batch: Batch) -> Tensor:
-        logits = fused_logits(model, pixels, batch, self.class_prompts)
-        return CLASSIFICATION_LOSSES[self.loss](logits, batch.labels.to(logits.device))
+        return self._from_logits(self.bind(batch).logits(model, pixels), batch)
 
 
 @TASKS.register("multimodal-classification")

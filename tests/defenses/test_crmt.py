@@ -234,3 +234,39 @@ def test_crmt_certificate_rows_are_estimates() -> None:
     from robustbench_mm.defenses.crmt import CRMT
 
     assert CRMT.bound_kind == "estimate" and "Estimate" in CRMT.certificate_note
+
+
+def test_fused_task_is_a_classification_task_under_the_protocol() -> None:
+    """The fused logits are class logits, so the standard protocol runs its classification members
+    (APGD-T, FAB-T, Square included) on both threat models, not the generative ones."""
+    from robustbench_mm.benchmarking import plan
+    from robustbench_mm.runner.resolve import resolve
+
+    _, version, specs = plan("clip-tiny", defense="crmt", task="fmnist-multimodal", n=4)
+    assert version.startswith("standard") and [s.norm for s in specs] == ["linf", "l2"]
+    assert [m.name for m in resolve(specs[0]).attack.members] == ["apgd-ce", "apgd-t", "ta-fab-t", "ta-square"]
+
+
+def test_fused_objective_keeps_each_row_with_its_own_text() -> None:
+    """Logits need the objective bound to the same rows; torchattacks (which attacks subsets of rows
+    internally) runs one row at a time, so a row is never scored against another row's text."""
+    from robustbench_mm.attacks.objectives import bound
+    from robustbench_mm.attacks.torchattacks_bridge import TorchattacksBridge
+    from robustbench_mm.models.zoo import load_model
+    from robustbench_mm.tasks.crmt_task import MultimodalClassification, fused_logits
+
+    model = load_model("clip-tiny")
+    task = MultimodalClassification(p_corrupt=0.5, p_missing=0.0)
+    batch = task.load_examples(list(range(6)), model.image_size)
+    objective = task.objective()
+    with pytest.raises(ValueError, match="bind"):
+        objective.logits(model, batch.pixels)
+    with torch.no_grad():
+        assert torch.equal(bound(objective, batch).logits(model, batch.pixels),
+                           fused_logits(model, batch.pixels, batch, task.class_prompts()))
+        assert torch.equal(objective.with_loss("dlr").bind(batch).logits(model, batch.pixels),
+                           fused_logits(model, batch.pixels, batch, task.class_prompts()))
+    square = TorchattacksBridge(cls="Square", norm="linf", eps=8 / 255, steps=20)
+    res = square.perturb(model, batch, objective, generator=torch.Generator().manual_seed(0))
+    assert res.pixels.shape == batch.pixels.shape
+    assert (res.pixels - batch.pixels).abs().max() <= 8 / 255 + 1e-6

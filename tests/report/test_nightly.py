@@ -39,6 +39,19 @@ def test_release_manifest_covers_the_zoo() -> None:
                                          for half in ("", "-rand")]
 
 
+def test_every_manifest_command_plans() -> None:
+    """Each command passes every check `mmrobust benchmark` makes before weights load (names, task,
+    threat model in the protocol), so a release build cannot stop halfway on bad input."""
+    from robustbench_mm.benchmarking import plan
+    from robustbench_mm.presets import parse_number
+
+    for c in manifest.load(REPO / "results" / "leaderboard" / "v1" / "manifest.yaml"):
+        _, _, specs = plan(manifest.option(c, "--model"), defense=manifest.option(c, "--defense"),
+                           task=manifest.option(c, "--task"), norm=manifest.option(c, "--norm"),
+                           eps=parse_number(manifest.option(c, "--eps"), "--eps"), n=int(manifest.option(c, "--n")))
+        assert len(specs) == 1, c
+
+
 def test_manifest_rejects_other_commands(tmp_path: Path) -> None:
     bad = tmp_path / "m.yaml"
     bad.write_text("commands:\n  - mmrobust run --model clip-tiny --out x\n")
