@@ -173,7 +173,8 @@ def benchmark_module(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "lin
         raise ConfigError(f"protocol {protocol.id} has no {norm} budget; use norm='linf' or norm='l2'")
     draws = check_draws(verdict_draws or protocol.verdict_draws or DEFAULT_DRAWS) if randomized else 1
     verdict = Verdict(ModuleTask(), draws)
-    attack = Ensemble(attacks=plan_.members, norm=norm, eps=eps, seed=seed)  # type: ignore[arg-type]
+    eot = protocol.eot_draws if randomized else None  # a plain module draws once per forward
+    attack = Ensemble(attacks=plan_.members, norm=norm, eps=eps, seed=seed, eot=eot)  # type: ignore[arg-type]
     attack.name = protocol.attack_name
     objective = ModuleObjective(loss="ce")
     adv = x.clone()
