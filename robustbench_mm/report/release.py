@@ -69,8 +69,14 @@ def environment() -> Environment:
     env = Environment(loader=FileSystemLoader(str(TEMPLATES)), undefined=StrictUndefined,
                       autoescape=lambda name: bool(name) and name.endswith(".html.j2"),
                       keep_trailing_newline=True)
-    env.filters.update(pct=_pct, num=_num, sortval=_sortval, short=_short, md=_md)
+    env.filters.update(pct=_pct, num=_num, sortval=_sortval, short=_short, md=_md, version=_version)
     return env
+
+
+def _version(protocol: str) -> str:
+    """``mm-aa/rand/v1`` -> ``rand``: the protocol version an entry ran (a short table label)."""
+    parts = str(protocol).split("/")
+    return parts[-2] if len(parts) >= 3 else str(protocol)
 
 
 def _page_globals() -> dict[str, Any]:
