@@ -84,35 +84,35 @@ class Ensemble(LogitsCall, Attack):
 
 def _member(name: str, *, eot: int | None, **overrides: Any) -> Attack:
     """Build one member; an imposed ``eot`` applies only where the implementation takes one."""
-    import inspect
+    from robustbench_mm.attacks import build
 
-    from robustbench_mm.attacks import build, registry_imports  # noqa: F401  (registers implementations)
-    from robustbench_mm.presets import load_raw
-
-    if eot is None:
-        return build(name, **overrides)
-    data = load_raw("attack", name)[1]
-    impl = data.get("impl")
-    if not (isinstance(impl, str) and impl in ATTACKS and "eot" in inspect.signature(ATTACKS.get(impl)).parameters):
+    if eot is None or not _takes(name, "eot"):
         return build(name, **overrides)
     attack = build(name, eot=eot, **overrides)
-    if eot != int((data.get("params") or {}).get("eot", 1)):
+    if eot != int((_raw(name).get("params") or {}).get("eot", 1)):
         attack.name = f"{name}+eot{eot}"
     return attack
 
 
 def _dtype_override(member: str, search_dtype: str | None) -> dict[str, Any]:
     """``search_dtype`` for members whose implementation has one (torchattacks members run fp32)."""
+    return {"search_dtype": search_dtype} if search_dtype and _takes(member, "search_dtype") else {}
+
+
+def _raw(member: str) -> dict[str, Any]:
+    from robustbench_mm.presets import load_raw
+
+    return load_raw("attack", member)[1]
+
+
+def _takes(member: str, param: str) -> bool:
+    """Whether the implementation behind preset ``member`` has the constructor parameter ``param``."""
     import inspect
 
     from robustbench_mm.attacks import registry_imports  # noqa: F401  (registers implementations)
-    from robustbench_mm.presets import load_raw
 
-    if not search_dtype:
-        return {}
-    impl = load_raw("attack", member)[1].get("impl")
-    takes = isinstance(impl, str) and impl in ATTACKS and "search_dtype" in inspect.signature(ATTACKS.get(impl)).parameters
-    return {"search_dtype": search_dtype} if takes else {}
+    impl = _raw(member).get("impl")
+    return isinstance(impl, str) and impl in ATTACKS and param in inspect.signature(ATTACKS.get(impl)).parameters
 
 
 def run_in_sequence(model: Any, batch: Batch, objective: Objective, runs: list[tuple[Attack, Objective]],
