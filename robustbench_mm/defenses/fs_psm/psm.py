@@ -79,7 +79,10 @@ class Purifier(nn.Module):
 
     def forward(self, x: Tensor, sigma: float) -> Tensor:
         s = torch.full_like(x[:, :1], sigma)
-        return x + self.net(torch.cat([x, s], dim=1))
+        # channels-last runs these narrow convs ~1.5x faster on CPU (same math); the purifier sees
+        # every noisy copy of every forward, so it dominates FS-PSM's attack cost
+        inp = torch.cat([x, s], dim=1).contiguous(memory_format=torch.channels_last)
+        return x + self.net(inp).contiguous()
 
 
 class PSM(nn.Module):
