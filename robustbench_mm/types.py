@@ -48,13 +48,16 @@ class Batch:
 
     def select(self, mask: Tensor) -> "Batch":
         """Sub-batch of the rows where ``mask`` (bool ``[B]``) is true."""
-        idx = mask.nonzero().flatten()
-        keep = idx.tolist()
+        return self.take(mask.nonzero().flatten())
+
+    def take(self, idx: Tensor) -> "Batch":
+        """The rows ``idx`` (long ``[K]``) in that order; a row may repeat."""
+        keep, n = idx.tolist(), len(self)
 
         def pick(v: object) -> object:
-            if isinstance(v, Tensor) and v.shape[:1] == mask.shape:
+            if isinstance(v, Tensor) and v.shape[:1] == (n,):
                 return v[idx.to(v.device)]
-            if isinstance(v, list) and len(v) == mask.shape[0]:
+            if isinstance(v, list) and len(v) == n:
                 return [v[i] for i in keep]
             return v
 

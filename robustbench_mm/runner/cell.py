@@ -18,6 +18,7 @@ from robustbench_mm.errors import MMRobustError
 from robustbench_mm.models.zoo import LoadOptions, load_model
 from robustbench_mm.runner import gallery_capture, provenance
 from robustbench_mm.runner.resolve import CellSpec, ResolvedCell, resolve, spec_dict
+from robustbench_mm.runner.resume import Checkpoint, CellProgress
 from robustbench_mm.runner.stats import wilson_interval
 from robustbench_mm.runner.scores import add_sample_scores, score_summary
 from robustbench_mm.runner.store import SCHEMA_VERSION, ResultStore
@@ -66,8 +67,12 @@ def run_cell(spec: CellSpec | ResolvedCell, *, store: ResultStore, force: bool =
                                                     device_map=cell.spec.device_map))
     if cell.spec.compile:
         model.compile_for_attacks()
+    checkpoint = Checkpoint.for_cell(store, cell)
+    if checkpoint is not None and force:
+        checkpoint.drop()  # --force recomputes from the first batch
     try:
-        tables = evaluate(cell, model, device, progress)
+        tables = evaluate(cell, model, device, progress, checkpoint)
+        start -= tables.pop("resumed_s", 0.0)  # the wall time counts the interrupted runs too
         status, error = "ok", ""
     except MMRobustError:
         raise
@@ -80,11 +85,16 @@ def run_cell(spec: CellSpec | ResolvedCell, *, store: ResultStore, force: bool =
     if gallery is not None:
         tables[gallery_capture.TABLE] = gallery  # written as cells/<id>/gallery/*, same atomic commit
     store.commit_cell(cell.cell_id, tables, _meta(cell, row))
+    if checkpoint is not None and status == "ok":
+        checkpoint.drop()  # a failed cell keeps its finished batches for the retry
     return CellSummary(cell.cell_id, status, row)
 
 
-def evaluate(cell: ResolvedCell, model: Any, device: torch.device, progress: Progress | None) -> dict[str, Any]:
-    """Per-sample rows of the cell (``samples`` and ``certified`` tables)."""
+def evaluate(cell: ResolvedCell, model: Any, device: torch.device, progress: Progress | None,
+             checkpoint: Checkpoint | None = None) -> dict[str, Any]:
+    """Per-sample rows of the cell (``samples`` and ``certified`` tables). With a ``checkpoint`` the
+    finished batches are saved after each batch and a rerun continues after them (``runner.resume``)."""
+    started = time.time()
     defended = cell.defense.apply(model)
     task, attack = cell.task, cell.attack
     gallery_capture.reset(cell.cell_id)
@@ -92,10 +102,19 @@ def evaluate(cell: ResolvedCell, model: Any, device: torch.device, progress: Pro
         objective = task.targeted_objective(getattr(attack, "loss", None))
     else:
         objective = task.objective(getattr(attack, "loss", None))
-    rows: list[dict[str, Any]] = []
-    cert_frames: list[pd.DataFrame] = []
+    done = (checkpoint.load() if checkpoint is not None else None) or CellProgress()
+    if done.batches:
+        cell.defense.set_rng_state(defended, done.rng["defense"])
+        torch.set_rng_state(done.rng["torch"])
+        gallery_capture.restore(cell.cell_id, done.gallery)
+    rows, cert_frames = list(done.rows), list(done.cert)
     spec = cell.spec
-    for batch in task.examples(n=spec.n, seed=spec.seed, batch_size=spec.batch_size, image_size=model.image_size):
+    batches = task.examples(n=spec.n, seed=spec.seed, batch_size=spec.batch_size, image_size=model.image_size)
+    for k, batch in enumerate(batches):
+        if k < done.batches:  # finished in an earlier run
+            if progress:
+                progress(len(batch))
+            continue
         batch = batch.to(device)
         batch_rows = _evaluate_halving_on_oom(cell, defended, objective, batch)
         if cell.certify:
@@ -104,10 +123,15 @@ def evaluate(cell: ResolvedCell, model: Any, device: torch.device, progress: Pro
             _attach_bound(batch_rows, cert, cell)
             _attach_certified(batch_rows, cert, cell)
         rows.extend(batch_rows)
+        if checkpoint is not None:
+            checkpoint.save(CellProgress(k + 1, rows, cert_frames,
+                                         {"defense": cell.defense.rng_state(defended), "torch": torch.get_rng_state()},
+                                         gallery_capture.pending(cell.cell_id),
+                                         done.elapsed_s + time.time() - started))
         if progress:
             progress(len(batch))
     certified = aggregate_certified(cell, pd.concat(cert_frames, ignore_index=True)) if cert_frames else pd.DataFrame()
-    return {"samples": pd.DataFrame(rows), "certified": certified}
+    return {"samples": pd.DataFrame(rows), "certified": certified, "resumed_s": done.elapsed_s}
 
 
 def _certify_batch(cell: ResolvedCell, model: Any, batch: Batch) -> pd.DataFrame:

@@ -65,3 +65,13 @@ def take(cell: Any, ok: bool) -> pd.DataFrame | None:
 def reset(cell_id: str) -> None:
     """Forget what an earlier, interrupted evaluation of ``cell_id`` captured."""
     _pending.pop(cell_id, None)
+
+
+def pending(cell_id: str) -> list[GallerySample]:
+    """What ``cell_id`` has captured so far (saved with a cell's progress)."""
+    return list(_pending.get(cell_id, []))
+
+
+def restore(cell_id: str, samples: list[GallerySample]) -> None:
+    """Continue a resumed cell's capture from its saved samples."""
+    _pending[cell_id] = list(samples)

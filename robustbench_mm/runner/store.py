@@ -5,6 +5,7 @@ Layout of a run directory::
     DIR/cells/<cell_id>/{asr,samples,certified}.parquet + meta.json   # one committed cell
     DIR/asr.parquet, DIR/samples.parquet, DIR/certified.parquet       # merged views
     DIR/.lock                                                          # writer lock
+    DIR/progress/<cell_id>.pt                                          # an unfinished cell's batches
 
 A cell commits by renaming a complete temporary directory into ``cells/`` (atomic on POSIX),
 so a crash leaves either the whole cell or nothing. The merged views are rebuilt from the cell
@@ -126,6 +127,10 @@ class ResultStore:
         cells = self.root / "cells"
         return sorted(p for p in cells.iterdir() if p.is_dir() and not p.name.startswith(".")) \
             if cells.is_dir() else []
+
+    def progress_file(self, cell_id: str) -> Path:
+        """Where an unfinished cell keeps its finished batches (``runner.resume``)."""
+        return self.root / "progress" / f"{cell_id}.pt"
 
     def finished(self, cell_id: str) -> bool:
         """A cell counts as finished when it committed with status ``ok``."""

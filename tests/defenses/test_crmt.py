@@ -248,8 +248,8 @@ def test_fused_task_is_a_classification_task_under_the_protocol() -> None:
 
 
 def test_fused_objective_keeps_each_row_with_its_own_text() -> None:
-    """Logits need the objective bound to the same rows; torchattacks (which attacks subsets of rows
-    internally) runs one row at a time, so a row is never scored against another row's text."""
+    """Logits need the objective bound to the same rows; torchattacks attacks subsets of rows
+    internally, so the bridge traces each input row back to its own text."""
     from robustbench_mm.attacks.objectives import bound
     from robustbench_mm.attacks.torchattacks_bridge import TorchattacksBridge
     from robustbench_mm.models.zoo import load_model
@@ -270,3 +270,64 @@ def test_fused_objective_keeps_each_row_with_its_own_text() -> None:
     res = square.perturb(model, batch, objective, generator=torch.Generator().manual_seed(0))
     assert res.pixels.shape == batch.pixels.shape
     assert (res.pixels - batch.pixels).abs().max() <= 8 / 255 + 1e-6
+
+
+def _traced_setup() -> tuple[object, object, object, object]:
+    from robustbench_mm.attacks.torchattacks_bridge import RowMatchedLogits
+    from robustbench_mm.models.zoo import load_model
+    from robustbench_mm.tasks.crmt_task import MultimodalClassification
+
+    model = load_model("clip-tiny")
+    task = MultimodalClassification(p_corrupt=0.5, p_missing=0.2)
+    batch = task.load_examples(list(range(12)), model.image_size)
+    objective = task.objective()
+    return model, batch, objective, RowMatchedLogits(model, objective, batch, "linf")
+
+
+def test_traced_rows_get_their_own_text() -> None:
+    """Perturbed subsets in any order are scored with each row's own text (distance rule); inputs that
+    wander beyond the tracing radius take the rows of the latest unperturbed call (position rule);
+    when neither rule can trace an input the call refuses rather than guess."""
+    from robustbench_mm.attacks.objectives import bound
+    from robustbench_mm.attacks.torchattacks_bridge import _Unmatched
+
+    model, batch, objective, traced = _traced_setup()
+    assert torch.isfinite(traced.radius).all() and float(traced.radius.min()) > 8 / 255
+    idx = torch.tensor([7, 2, 11, 2, 0])
+    noise = (torch.rand(len(idx), *batch.pixels.shape[1:], generator=torch.Generator().manual_seed(0)) - 0.5) / 16
+    x = (batch.pixels[idx] + noise).clamp(0, 1)
+    with torch.no_grad():
+        want = bound(objective, batch.take(idx)).logits(model, x)
+        assert torch.equal(traced(x), want)
+        # position rule: an unperturbed call fixes the rows; far-off inputs of that size follow them
+        assert torch.equal(traced(batch.pixels[idx]), bound(objective, batch.take(idx)).logits(model, batch.pixels[idx]))
+        far = 1 - batch.pixels[idx]
+        assert torch.equal(traced(far), bound(objective, batch.take(idx)).logits(model, far))
+        with pytest.raises(_Unmatched):
+            traced(far[:3])  # no unperturbed call of that size to follow
+
+
+def test_untraceable_rows_fall_back_to_one_run_per_text() -> None:
+    """Two copies of one image with different texts cannot be told apart by distance: the bridge
+    reruns per group of rows sharing a text, and every row still ends in its own eps-ball."""
+    from robustbench_mm.attacks.torchattacks_bridge import TorchattacksBridge, binding_groups
+
+    model, batch, objective, _ = _traced_setup()
+    rows = batch.take(torch.tensor([0, 1, 2, 3]))
+    rows.pixels[1] = rows.pixels[0]
+    texts = list(rows.extra["texts"])
+    texts[1] = "" if texts[0] else "a photo of a bag"
+    rows.extra["texts"] = texts
+    assert len(binding_groups(objective, rows).unique()) >= 2
+    bridge = TorchattacksBridge(cls="Square", norm="linf", eps=8 / 255, steps=10)
+    calls: list[int] = []
+    real = bridge._run
+
+    def counting(*args: object) -> torch.Tensor:
+        calls.append(1)
+        return real(*args)  # type: ignore[arg-type]
+
+    bridge._run = counting  # type: ignore[method-assign]
+    res = bridge.perturb(model, rows, objective, generator=torch.Generator().manual_seed(0))
+    assert len(calls) == 1 + len(binding_groups(objective, rows).unique())  # refused whole, then per group
+    assert (res.pixels - rows.pixels).abs().max() <= 8 / 255 + 1e-6
