@@ -272,7 +272,7 @@ def test_fused_objective_keeps_each_row_with_its_own_text() -> None:
     assert (res.pixels - batch.pixels).abs().max() <= 8 / 255 + 1e-6
 
 
-def _traced_setup() -> tuple[object, object, object, object]:
+def _traced_setup(norm: str = "linf") -> tuple[object, object, object, object]:
     from robustbench_mm.attacks.torchattacks_bridge import RowMatchedLogits
     from robustbench_mm.models.zoo import load_model
     from robustbench_mm.tasks.crmt_task import MultimodalClassification
@@ -281,18 +281,20 @@ def _traced_setup() -> tuple[object, object, object, object]:
     task = MultimodalClassification(p_corrupt=0.5, p_missing=0.2)
     batch = task.load_examples(list(range(12)), model.image_size)
     objective = task.objective()
-    return model, batch, objective, RowMatchedLogits(model, objective, batch, "linf")
+    return model, batch, objective, RowMatchedLogits(model, objective, batch, norm)
 
 
-def test_traced_rows_get_their_own_text() -> None:
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_traced_rows_get_their_own_text(norm: str) -> None:
     """Perturbed subsets in any order are scored with each row's own text (distance rule); inputs that
     wander beyond the tracing radius take the rows of the latest unperturbed call (position rule);
     when neither rule can trace an input the call refuses rather than guess."""
     from robustbench_mm.attacks.objectives import bound
     from robustbench_mm.attacks.torchattacks_bridge import _Unmatched
 
-    model, batch, objective, traced = _traced_setup()
-    assert torch.isfinite(traced.radius).all() and float(traced.radius.min()) > 8 / 255
+    model, batch, objective, traced = _traced_setup(norm)
+    assert torch.isfinite(traced.radius).all() and float(traced.radius.min()) > (8 / 255 if norm == "linf" else 0.5)
+    assert float(traced._dist(batch.pixels).diagonal().abs().max()) == 0.0  # unperturbed rows measure exactly 0
     idx = torch.tensor([7, 2, 11, 2, 0])
     noise = (torch.rand(len(idx), *batch.pixels.shape[1:], generator=torch.Generator().manual_seed(0)) - 0.5) / 16
     x = (batch.pixels[idx] + noise).clamp(0, 1)
