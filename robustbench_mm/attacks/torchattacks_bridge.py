@@ -192,11 +192,12 @@ class TorchattacksBridge(LogitsCall, Attack):
         traced by ``RowMatchedLogits``; if a row cannot be traced, once per group of rows sharing a
         binding (exact, and slower: one torchattacks run per group)."""
         state = generator.get_state()
+        whole = RowMatchedLogits(model, objective, batch, str(self.norm))
         try:
-            return self._run(RowMatchedLogits(model, objective, batch, str(self.norm)), batch, generator)
+            return self._run(whole, batch, generator)
         except _Unmatched:
             generator.set_state(state)
-        groups = binding_groups(objective, batch)
+        groups = whole.group
         x_adv = batch.pixels.detach().clone()
         for g in groups.unique().tolist():
             idx = (groups == g).nonzero().flatten()
