@@ -22,14 +22,17 @@ run:
 
 # Leaderboard release: `make leaderboard-stores` runs the manifest's `mmrobust benchmark` commands
 # (resumable: finished cells are skipped), `make leaderboard` rebuilds results/leaderboard/v1/ from those stores.
+# CARRY=results/leaderboard/v1 keeps the release's entries that no store holds (stores of only some entries).
 LEADERBOARD ?= results/leaderboard/v1
 MANIFEST ?= $(LEADERBOARD)/manifest.yaml
+CARRY ?=
 
 leaderboard-stores:
 	MMROBUST=.venv/bin/mmrobust $(PY) -m robustbench_mm.report.manifest run $(MANIFEST)
 
 leaderboard:
-	.venv/bin/mmrobust leaderboard $$($(PY) -m robustbench_mm.report.manifest stores $(MANIFEST)) --out $(LEADERBOARD)
+	.venv/bin/mmrobust leaderboard $$($(PY) -m robustbench_mm.report.manifest stores $(MANIFEST) $(if $(CARRY),--existing)) \
+		--out $(LEADERBOARD) $(if $(CARRY),--carry $(CARRY))
 
 # NIGHTLY_GRID=smoke make nightly: the CPU smoke grid end to end (see scripts/nightly.sh)
 nightly:

@@ -187,18 +187,19 @@ def train_defense(defense: str, model: str, *, out: str | Path | None = None, re
 
 
 def leaderboard(run_dirs: list[str | Path], *, out: str | Path = "results/leaderboard/v1",
-                baseline: str | Path | None = None) -> tuple[dict[str, Any], Any]:
+                baseline: str | Path | None = None, carry: str | Path | None = None) -> tuple[dict[str, Any], Any]:
     """Build the leaderboard release of protocol stores into ``out`` (entries.parquet, schema.json,
     index.html, leaderboard.md, detail pages, cards, plots, gallery).
 
     With ``baseline`` (a release's ``entries.parquet``, read before anything is overwritten) also
-    returns the ``Comparison`` with it; otherwise ``None``. Bad input raises before any write.
+    returns the ``Comparison`` with it; otherwise ``None``. With ``carry`` (an earlier release
+    folder) its entries that no store holds are kept, re-ranked. Bad input raises before any write.
     """
     from robustbench_mm.report.compare import compare
     from robustbench_mm.report.release import write_release
 
     before = pd.read_parquet(baseline) if baseline is not None and Path(baseline).exists() else None
-    summary = write_release(run_dirs, out)
+    summary = write_release(run_dirs, out, carry=carry)
     return summary, (compare(before, summary["entries"]) if before is not None else None)
 
 

@@ -375,16 +375,21 @@ def store_repair(out: Annotated[str, typer.Argument(help="Result store directory
 
 
 @app.command()
-def leaderboard(run_dirs: Annotated[list[str], typer.Argument(help="Protocol stores (mmrobust benchmark --out).")],
+def leaderboard(run_dirs: Annotated[Optional[list[str]], typer.Argument(
+                    help="Protocol stores (mmrobust benchmark --out).")] = None,
                 out: Annotated[str, typer.Option("--out", help="Release folder.")] = "results/leaderboard/v1",
+                carry: Annotated[Optional[str], typer.Option(
+                    "--carry", help="An earlier release folder: keep its entries that no store holds (their "
+                                    "rows, pages and images as they were; ranks recomputed).")] = None,
                 baseline: Annotated[Optional[str], typer.Option(
                     "--baseline", help="A release's entries.parquet: print what changed; exit 1 on a "
                                        "robust accuracy outside its 95% interval.")] = None) -> None:
     """Build the ranked leaderboard release (entries.parquet, index.html, detail pages) from protocol stores."""
     from robustbench_mm import api
 
-    summary, comparison = api.leaderboard(list(run_dirs), out=out, baseline=baseline)
-    typer.echo(f"leaderboard: {len(summary['entries'])} entries in {summary['groups']} tables, "
+    summary, comparison = api.leaderboard(list(run_dirs or []), out=out, baseline=baseline, carry=carry)
+    kept = f" ({summary['carried']} carried from {carry})" if carry else ""
+    typer.echo(f"leaderboard: {len(summary['entries'])} entries{kept} in {summary['groups']} tables, "
                f"{summary['files']} files -> {out}")
     if comparison is None:
         if baseline:

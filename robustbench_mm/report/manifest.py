@@ -104,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         s = sub.add_parser(name)
         s.add_argument("manifest")
         s.add_argument("--dry-run", action="store_true")
+        s.add_argument("--existing", action="store_true",
+                       help="stores: only those already on disk (a partial build, with leaderboard --carry)")
     g = sub.add_parser("grid")
     g.add_argument("preset")
     g.add_argument("--stores", required=True)
@@ -121,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "run":
             return 1 if run(commands, mmrobust, args.dry_run) else 0
         lines = stores(commands) if args.cmd == "stores" else [shlex.join(c) for c in commands]
+        if args.cmd == "stores" and args.existing:
+            lines = [s for s in lines if Path(s).is_dir()]
         print("\n".join(lines))
         return 0
     except ConfigError as exc:

@@ -2,7 +2,8 @@
 
 Everything is rendered into a temporary folder beside ``out`` and swapped in at the end, so bad
 input or a crash leaves the previous release untouched. A ``manifest.yaml`` already in ``out``
-(the commands that made the stores) is carried over.
+(the commands that made the stores) is carried over. With ``carry``, the entries of an earlier
+release that no store holds are kept (``report/carry.py``).
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
 from robustbench_mm.errors import StoreError
-from robustbench_mm.report import cards, plots
+from robustbench_mm.report import cards, carry as carry_mod, plots
 from robustbench_mm.report.budget import fmt_eps, slug
-from robustbench_mm.report.entries import GROUP, Board, build, sanity_checks, sound_rows
+from robustbench_mm.report.entries import GROUP, Board, build, columns, rank, sanity_checks, sound_rows
 from robustbench_mm.report.gallery import cell_gallery
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -98,9 +99,18 @@ def groups(entries: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
-def write_release(stores: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
-    """Build the release of ``stores`` into ``out``; returns a summary (entries, groups, files)."""
-    board = build(stores)  # raises on bad input before anything is written
+def write_release(stores: Sequence[str | Path], out: str | Path, carry: str | Path | None = None) -> dict[str, Any]:
+    """Build the release of ``stores`` into ``out``; returns a summary (entries, groups, files,
+    carried: how many entries came from the release ``carry`` rather than from a store)."""
+    # bad input raises here, before anything is written
+    board = build(stores) if stores or carry is None else Board(pd.DataFrame(columns=columns()), {})
+    carried = pd.DataFrame(columns=columns())
+    if carry is not None:
+        carried = carry_mod.read_release(carry, (carry_mod.entry_key(r) for _, r in board.entries.iterrows()))
+        parts = [df for df in (board.entries, carried) if not df.empty]
+        if not parts:
+            raise StoreError(f"nothing to build: --carry {carry} has no entries and no store was given")
+        board = Board(rank(pd.concat(parts, ignore_index=True)), board.cells)
     out = Path(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -108,15 +118,19 @@ def write_release(stores: Sequence[str | Path], out: str | Path) -> dict[str, An
     except OSError as exc:
         raise StoreError(f"cannot write --out {out} ({exc.strerror}); choose a writable folder") from None
     try:
-        files = _render(board, tmp, has_manifest=(out / "manifest.yaml").is_file())
-        for name in KEEP:
-            if (out / name).is_file():
-                shutil.copy2(out / name, tmp / name)
+        # files the build does not make: from ``out``, else from the carried release
+        sources = ([Path(carry)] if carry is not None else []) + [out]
+        kept = {name: src / name for src in sources for name in KEEP if (src / name).is_file()}
+        files = _render(board, tmp, has_manifest="manifest.yaml" in kept,
+                        carry=Path(carry) if carry is not None else None)
+        for name, src in kept.items():
+            shutil.copy2(src, tmp / name)
         _swap(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"entries": board.entries, "groups": len(groups(board.entries)), "files": files, "out": out}
+    return {"entries": board.entries, "groups": len(groups(board.entries)), "files": files, "out": out,
+            "carried": len(carried)}
 
 
 def _swap(tmp: Path, out: Path) -> None:
@@ -130,7 +144,7 @@ def _swap(tmp: Path, out: Path) -> None:
         os.rename(tmp, out)
 
 
-def _render(board: Board, root: Path, *, has_manifest: bool) -> int:
+def _render(board: Board, root: Path, *, has_manifest: bool, carry: Path | None = None) -> int:
     env, base = environment(), _page_globals()
     entries = board.entries
     for sub in ("entries", "cards", "plots", "gallery"):
@@ -147,8 +161,13 @@ def _render(board: Board, root: Path, *, has_manifest: bool) -> int:
     (root / "index.html").write_text(env.get_template("index.html.j2").render(**common))
     (root / "leaderboard.md").write_text(env.get_template("leaderboard.md.j2").render(**common))
     robust_plots = _robust_plots(entries, root)
+    sizes = entries.groupby(GROUP)["rank"].size()
     for e in entries.to_dict("records"):
-        _detail(env, base, board, e, entries, robust_plots, root)
+        if Path(e["detail"]).stem in board.cells:
+            _detail(env, base, board, e, entries, robust_plots, root)
+        else:  # an entry of the --carry release: its page and images as they were, with its new rank
+            assert carry is not None
+            carry_mod.copy_entry(carry, root, e, int(sizes[tuple(e[k] for k in GROUP)]))
     cards.write_cards(env, base, entries, board, root)
     return sum(1 for p in root.rglob("*") if p.is_file())
 
