@@ -227,9 +227,11 @@ def reproduce(spec: str, *, zoo: bool = False, out: str | Path = "results", n: i
 
 
 def sanity(model: str, defense: str = "none", *, n: int = 64, task: str | None = None, eps: float | None = None,
-           steps: int = 20, seed: int = 0, device: str | None = None) -> list[Any]:
-    """Gradient-masking sanity checks of ``model`` under ``defense`` (robustbench_mm.checks.run_sanity)."""
-    from robustbench_mm.checks import run_sanity
+           steps: int = 20, seed: int = 0, device: str | None = None, surrogate: str = "none",
+           checks: str | None = None) -> list[Any]:
+    """Gradient-masking sanity checks of ``model`` under ``defense`` (robustbench_mm.checks.run_sanity);
+    ``checks``: comma-separated names (default all); ``surrogate``: the transfer check's source defense."""
+    from robustbench_mm.checks import check_names, run_sanity
 
     return run_sanity(model, defense, n, task=task, eps=eps if eps is not None else 8 / 255, steps=steps, seed=seed,
-                      device=device)
+                      device=device, surrogate=surrogate, checks=check_names(checks))

@@ -319,11 +319,17 @@ def train(defense: DefenseOpt, model: Model,
 def sanity(model: Model, defense: DefenseOpt = "none", task: TaskOpt = None, n: NOpt = 64, eps: EpsOpt = None,
            steps: Annotated[int, typer.Option("--steps", help="APGD steps of the base attack.")] = 20,
            seed: SeedOpt = 0, device: DeviceOpt = None,
+           checks: Annotated[Optional[str], typer.Option(
+               "--checks", help="Comma-separated subset, e.g. transfer,more-steps (default: all).")] = None,
+           surrogate: Annotated[str, typer.Option(
+               "--surrogate", help="Defense preset whose model the transfer check attacks (default: none, "
+                                   "the undefended model).")] = "none",
            as_json: JsonOpt = False) -> None:
     """Gradient-masking sanity checks (docs/checks.md); exits 1 if any fails."""
     from robustbench_mm import api
 
-    results = api.sanity(model, defense, n=n or 64, task=task, eps=_eps(eps), steps=steps, seed=seed, device=device)
+    results = api.sanity(model, defense, n=n or 64, task=task, eps=_eps(eps), steps=steps, seed=seed, device=device,
+                         surrogate=surrogate, checks=checks)
     if as_json:
         typer.echo(json.dumps([r.as_dict() for r in results], indent=2, default=str))
     else:
