@@ -70,9 +70,10 @@ def run_cell(spec: CellSpec | ResolvedCell, *, store: ResultStore, force: bool =
     checkpoint = Checkpoint.for_cell(store, cell)
     if checkpoint is not None and force:
         checkpoint.drop()  # --force recomputes from the first batch
+    done = (checkpoint.load() if checkpoint is not None else None) or CellProgress()
+    start -= done.elapsed_s  # the wall time counts the interrupted runs too
     try:
-        tables = evaluate(cell, model, device, progress, checkpoint)
-        start -= tables.pop("resumed_s", 0.0)  # the wall time counts the interrupted runs too
+        tables = evaluate(cell, model, device, progress, checkpoint, done)
         status, error = "ok", ""
     except MMRobustError:
         raise
@@ -91,9 +92,10 @@ def run_cell(spec: CellSpec | ResolvedCell, *, store: ResultStore, force: bool =
 
 
 def evaluate(cell: ResolvedCell, model: Any, device: torch.device, progress: Progress | None,
-             checkpoint: Checkpoint | None = None) -> dict[str, Any]:
+             checkpoint: Checkpoint | None = None, done: CellProgress | None = None) -> dict[str, Any]:
     """Per-sample rows of the cell (``samples`` and ``certified`` tables). With a ``checkpoint`` the
-    finished batches are saved after each batch and a rerun continues after them (``runner.resume``)."""
+    finished batches are saved after each batch; ``done`` (what an earlier run saved there) is
+    continued after its last batch (``runner.resume``)."""
     started = time.time()
     defended = cell.defense.apply(model)
     task, attack = cell.task, cell.attack
@@ -102,7 +104,7 @@ def evaluate(cell: ResolvedCell, model: Any, device: torch.device, progress: Pro
         objective = task.targeted_objective(getattr(attack, "loss", None))
     else:
         objective = task.objective(getattr(attack, "loss", None))
-    done = (checkpoint.load() if checkpoint is not None else None) or CellProgress()
+    done = done or CellProgress()
     if done.batches:
         cell.defense.set_rng_state(defended, done.rng["defense"])
         torch.set_rng_state(done.rng["torch"])
@@ -131,7 +133,7 @@ def evaluate(cell: ResolvedCell, model: Any, device: torch.device, progress: Pro
         if progress:
             progress(len(batch))
     certified = aggregate_certified(cell, pd.concat(cert_frames, ignore_index=True)) if cert_frames else pd.DataFrame()
-    return {"samples": pd.DataFrame(rows), "certified": certified, "resumed_s": done.elapsed_s}
+    return {"samples": pd.DataFrame(rows), "certified": certified}
 
 
 def _certify_batch(cell: ResolvedCell, model: Any, batch: Batch) -> pd.DataFrame:
