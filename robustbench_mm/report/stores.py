@@ -36,7 +36,8 @@ class Cell:
 def read_stores(paths: Sequence[str | Path]) -> dict[tuple[Any, ...], Cell]:
     """``{entry key: Cell}`` over all stores; one cell per (task, norm, eps, model, defense)."""
     if not paths:
-        raise StoreError("leaderboard needs at least one store written by `mmrobust benchmark --out DIR`")
+        raise StoreError("leaderboard needs at least one store written by `mmrobust benchmark --out DIR`, "
+                         "or --carry RELEASE to re-render an earlier release")
     chosen: dict[tuple[Any, ...], tuple[Path, Cell]] = {}
     for path in paths:
         root = Path(path)
