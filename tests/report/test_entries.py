@@ -15,7 +15,7 @@ from scipy.stats import binomtest
 
 from robustbench_mm.report import entries as entries_mod
 from robustbench_mm.report.release import write_release
-from robustbench_mm.runner.store import MARKER
+from robustbench_mm.runner.store import MARKER, ResultStore
 
 T, F = True, False
 MMROBUST = str(Path(sys.executable).parent / "mmrobust")
@@ -93,6 +93,23 @@ def test_certificate_above_attack_is_flagged(make_store) -> None:  # type: ignor
                                   adv=[F] * 8 + [T] * 2, certified=[("certified_accuracy", 0.5, 0.5, "sound")])])
     e = entries_mod.build([store]).entries.iloc[0]
     assert "certified>robust" in list(e["flags"])
+
+
+def test_feature_bound_alone_leaves_certified_accuracy_empty(make_store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A generative task's FS certificate bounds the features (FCSB), never the answer: certified
+    accuracy stays empty (not 0%), FCSB is shown, and the page says why."""
+    store = make_store("s", [dict(cell_id="v", model="llava-tiny", task="fmnist-vqa", defense="fs", norm="l2",
+                                  eps=0.5, clean=[T] * 10, adv=[F] * 3 + [T] * 7,
+                                  certified=[("fcsb", 0.5, 0.23, "sound"), ("fcsb", 0.25, 0.6, "sound")])])
+    cell = store / "cells" / "v" / "samples.parquet"  # as the runner writes it: no sample has a certified answer
+    pd.read_parquet(cell).assign(certified=False).to_parquet(cell, index=False)
+    ResultStore(store).rebuild_views()
+    write_release([store], tmp_path / "v1")
+    e = pd.read_parquet(tmp_path / "v1" / "entries.parquet").iloc[0]
+    assert math.isnan(e["certified_accuracy"])
+    assert e["fcsb"] == pytest.approx(0.23) and e["certified_radius"] == 0.5
+    page = (tmp_path / "v1" / e["detail"]).read_text()
+    assert "the sound bound is on the features (FCSB), not on the answer" in page and "0.0% at l2" not in page
 
 
 def test_dirty_commit_is_flagged(make_store) -> None:  # type: ignore[no-untyped-def]
