@@ -102,6 +102,7 @@ def groups(entries: pd.DataFrame) -> list[dict[str, Any]]:
 def write_release(stores: Sequence[str | Path], out: str | Path, carry: str | Path | None = None) -> dict[str, Any]:
     """Build the release of ``stores`` into ``out``; returns a summary (entries, groups, files,
     carried: how many entries came from the release ``carry`` rather than from a store)."""
+    carry = Path(carry) if carry is not None else None
     # bad input raises here, before anything is written
     board = build(stores) if stores or carry is None else Board(pd.DataFrame(columns=columns()), {})
     carried = pd.DataFrame(columns=columns())
@@ -119,10 +120,9 @@ def write_release(stores: Sequence[str | Path], out: str | Path, carry: str | Pa
         raise StoreError(f"cannot write --out {out} ({exc.strerror}); choose a writable folder") from None
     try:
         # files the build does not make: from ``out``, else from the carried release
-        sources = ([Path(carry)] if carry is not None else []) + [out]
+        sources = ([carry] if carry is not None else []) + [out]
         kept = {name: src / name for src in sources for name in KEEP if (src / name).is_file()}
-        files = _render(board, tmp, has_manifest="manifest.yaml" in kept,
-                        carry=Path(carry) if carry is not None else None)
+        files = _render(board, tmp, has_manifest="manifest.yaml" in kept, carry=carry)
         for name, src in kept.items():
             shutil.copy2(src, tmp / name)
         _swap(tmp, out)

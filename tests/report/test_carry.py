@@ -8,7 +8,6 @@ import hashlib
 import json
 import shutil
 import subprocess
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pandas as pd
@@ -17,20 +16,12 @@ import yaml
 
 from robustbench_mm.report import manifest
 from robustbench_mm.report.release import write_release
+from tests.report.test_release_browser import assert_links_resolve
 
 T, F = True, False
 CLEAN = [T] * 16 + [F] * 4
 SLUG_A = "fmnist-zeroshot--clip-tiny--none--linf--8-255"
 SLUG_D = "fmnist-zeroshot--clip-tiny--fs--l2--0.5"
-
-
-class _Refs(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.refs: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.refs += [v for k, v in attrs if k in ("href", "src") and v]
 
 
 def _tree(root: Path) -> dict[str, str]:
@@ -77,14 +68,7 @@ def test_carried_entries_keep_their_files_and_get_new_ranks(first: Path, make_st
                  f"entries/{SLUG_D}.html"):
         assert after[name] == before[name], name
     assert (first / "entries" / f"{SLUG_A}.html").read_text() == page_a.replace("Rank 2 of 2.", "Rank 3 of 3.")
-    # every page of the rebuilt release links only to files that exist
-    for page in first.rglob("*.html"):
-        parser = _Refs()
-        parser.feed(page.read_text())
-        for ref in parser.refs:
-            if "://" in ref or ref.startswith(("#", "data:")):
-                continue
-            assert (page.parent / ref.split("#")[0]).resolve().is_file(), (page, ref)
+    assert_links_resolve(first)  # every page of the rebuilt release links only to files that exist
     index = (first / "index.html").read_text()
     assert "mmcoa" in index and f"entries/{SLUG_A}.html" in index
 
