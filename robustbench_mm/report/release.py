@@ -163,11 +163,12 @@ def _render(board: Board, root: Path, *, has_manifest: bool, carry: Path | None 
     robust_plots = _robust_plots(entries, root)
     sizes = entries.groupby(GROUP)["rank"].size()
     for e in entries.to_dict("records"):
+        group_size = int(sizes[tuple(e[k] for k in GROUP)])  # "rank r of k" on the entry's page
         if Path(e["detail"]).stem in board.cells:
-            _detail(env, base, board, e, entries, robust_plots, root)
+            _detail(env, base, board, e, group_size, robust_plots, root)
         else:  # an entry of the --carry release: its page and images as they were, with its new rank
             assert carry is not None
-            carry_mod.copy_entry(carry, root, e, int(sizes[tuple(e[k] for k in GROUP)]))
+            carry_mod.copy_entry(carry, root, e, group_size)
     cards.write_cards(env, base, entries, board, root)
     return sum(1 for p in root.rglob("*") if p.is_file())
 
@@ -195,7 +196,7 @@ def members(samples: pd.DataFrame) -> list[dict[str, Any]] | None:
     return [{"member": m, "count": int(c), "share": c / clean if clean else math.nan} for m, c in counts.items()]
 
 
-def _detail(env: Environment, base: dict[str, Any], board: Board, e: dict[str, Any], entries: pd.DataFrame,
+def _detail(env: Environment, base: dict[str, Any], board: Board, e: dict[str, Any], group_size: int,
             robust_plots: dict[tuple[str, str, str], str], root: Path) -> None:
     name = Path(e["detail"]).stem
     cell = board.cells[name]
@@ -216,10 +217,9 @@ def _detail(env: Environment, base: dict[str, Any], board: Board, e: dict[str, A
                                                    "model_revision", "device", "dtype", "precision_policy", "wall_s",
                                                    "versions") if k in r.index]
     provenance.append(("store", cell.cell_dir.parent.parent.name))
-    group = entries[(entries["task"] == e["task"]) & (entries["norm"] == e["norm"]) & (entries["eps"] == e["eps"])]
     html = env.get_template("entry.html.j2").render(
         **base, e=e, eps_text=fmt_eps(e["eps"]), anchor=slug(e["task"], e["norm"], fmt_eps(e["eps"])),
-        group_size=len(group), cert_shown=not math.isnan(e["certified_accuracy"]), members=members(cell.samples),
+        group_size=group_size, cert_shown=not math.isnan(e["certified_accuracy"]), members=members(cell.samples),
         robust_plot=robust_plots.get((e["task"], e["model"], e["defense"]), ""), cert_plot=cert_plot,
         sanity=sorted(sanity_checks(r).items()), gallery=gallery, captions=captions, provenance=provenance)
     (root / e["detail"]).write_text(html)
