@@ -8,6 +8,7 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -23,6 +24,18 @@ MMROBUST = str(Path(sys.executable).parent / "mmrobust")
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([MMROBUST, *args], capture_output=True, text=True, timeout=120)
+
+
+def assert_matches_schema(df: pd.DataFrame, schema: dict[str, Any]) -> None:
+    """``df``'s columns are ``schema.json``'s, in its order, each of the type it gives."""
+    assert list(df.columns) == list(schema["columns"])
+    kinds = {"string": "O", "float64": "f", "int64": "i", "list<string>": "O"}
+    for col, spec in schema["columns"].items():
+        assert df[col].dtype.kind == kinds[spec["type"]], (col, df[col].dtype)
+        if spec["type"] == "list<string>":
+            assert all(all(isinstance(x, str) for x in v) for v in df[col])
+        if spec["type"] == "string":
+            assert all(isinstance(v, str) for v in df[col]), col
 
 
 @pytest.fixture
@@ -53,14 +66,8 @@ def test_columns_and_types_agree_with_schema(board_store, tmp_path: Path) -> Non
               "robust_high, asr, certified_accuracy, certified_radius, fcsb, flags, n, seed, weights_revision, "
               "git_commit, created_at, detail, model_card, defense_card, paper").split(", ")
     assert list(df.columns) == wanted
-    kinds = {"string": "O", "float64": "f", "int64": "i", "list<string>": "O"}
-    for col, spec in schema["columns"].items():
-        assert spec["meaning"] and "unit" in spec
-        assert df[col].dtype.kind == kinds[spec["type"]], (col, df[col].dtype)
-        if spec["type"] == "list<string>":
-            assert all(all(isinstance(x, str) for x in v) for v in df[col])
-        if spec["type"] == "string":
-            assert all(isinstance(v, str) for v in df[col]), col
+    assert all(spec["meaning"] and "unit" in spec for spec in schema["columns"].values())
+    assert_matches_schema(df, schema)
 
 
 def test_rank_interval_certificates_and_flags(board_store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
