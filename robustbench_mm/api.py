@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -11,7 +10,7 @@ import pandas as pd
 from robustbench_mm.presets import load_grid, preset_names
 from robustbench_mm.runner.cell import CellSummary
 from robustbench_mm.runner.cell import run_cell as _run_cell
-from robustbench_mm.runner.grid import GridSpec, expand, run_grid as _run_grid, spec_from_grid_preset
+from robustbench_mm.runner.grid import GridSpec, plan_grid, run_grid as _run_grid  # noqa: F401  (plan_grid: part of the API)
 from robustbench_mm.runner.resolve import CellSpec, ResolvedCell, resolve
 from robustbench_mm.runner.store import ResultStore
 
@@ -30,21 +29,6 @@ def run_cell(spec: CellSpec | ResolvedCell, *, out: str | Path = DEFAULT_OUT, fo
     cell = spec if isinstance(spec, ResolvedCell) else resolve(spec)
     with ResultStore(out) as store:
         return _run_cell(cell, store=store, force=force, progress=progress)
-
-
-def plan_grid(grid: GridSpec | None, preset: str | None, template: CellSpec) -> list[ResolvedCell]:
-    """Cells of an ad-hoc grid or a grid preset; preset values fill what the CLI left unset."""
-    if preset:
-        data = load_grid(preset)
-        grid, shared = spec_from_grid_preset(data)
-        fill = {k: v for k, v in shared.items() if getattr(template, k) == getattr(CellSpec(model=""), k)}
-        if "eps" in fill:
-            from robustbench_mm.presets import parse_number
-
-            fill["eps"] = parse_number(fill["eps"], f"grid {preset}: eps")
-        template = replace(template, **fill)
-    assert grid is not None
-    return expand(grid, template)
 
 
 def run_grid(cells: list[ResolvedCell], *, out: str | Path = DEFAULT_OUT, force: bool = False,
@@ -144,15 +128,16 @@ def validate() -> list[tuple[str, str, str]]:
     from robustbench_mm.attacks.base import ATTACKS
     from robustbench_mm.defenses.base import DEFENSES
     from robustbench_mm.presets import load_preset
-    from robustbench_mm.runner.resolve import _build, _register_all
+    from robustbench_mm.presets import build
+    from robustbench_mm.runner.registration import register_all
     from robustbench_mm.tasks.base import TASKS
 
-    _register_all()
+    register_all()
     results = []
     for kind, reg in (("attack", ATTACKS), ("defense", DEFENSES), ("task", TASKS)):
         for name in preset_names(kind):
             preset = load_preset(kind, name, reg)
-            _build(reg.get(preset.impl), preset)
+            build(reg.get(preset.impl), preset)
             results.append((kind, name, "ok"))
     for name in preset_names("grid"):
         load_grid(name)
@@ -168,12 +153,13 @@ def train_defense(defense: str, model: str, *, out: str | Path | None = None, re
     from robustbench_mm.errors import CapabilityError, ConfigError
     from robustbench_mm.models.zoo import LoadOptions, entry_for, load_model, resolve_model_name
     from robustbench_mm.presets import load_preset
-    from robustbench_mm.runner.cell import pick_device
-    from robustbench_mm.runner.resolve import _build, _register_all
+    from robustbench_mm.models.device import pick_device
+    from robustbench_mm.presets import build
+    from robustbench_mm.runner.registration import register_all
 
-    _register_all()
+    register_all()
     preset = load_preset("defense", defense, DEFENSES)
-    obj = _build(DEFENSES.get(preset.impl), preset)
+    obj = build(DEFENSES.get(preset.impl), preset)
     if not callable(getattr(obj, "train", None)):
         raise ConfigError(f"defense {preset.name!r} has no training step (it acts at inference); nothing to train")
     entry = entry_for(resolve_model_name(model))

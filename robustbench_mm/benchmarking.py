@@ -76,19 +76,21 @@ def plan(model: str, *, defense: str = "none", task: str | None = None, norm: st
     from robustbench_mm.defenses.base import DEFENSES
     from robustbench_mm.models.zoo import entry_for, resolve_model_name
     from robustbench_mm.presets import load_preset
-    from robustbench_mm.runner.resolve import DEFAULT_TASKS, CellSpec, _build, _register_all, resolve
+    from robustbench_mm.runner.resolve import DEFAULT_TASKS, CellSpec, resolve
+    from robustbench_mm.presets import build
+    from robustbench_mm.runner.registration import register_all
     from robustbench_mm.tasks.base import TASKS
 
-    _register_all()
+    register_all()
     _check_version(version)
     entry = entry_for(resolve_model_name(model))
     d_preset = load_preset("defense", defense, DEFENSES)
-    d = _build(DEFENSES.get(d_preset.impl), d_preset)
+    d = build(DEFENSES.get(d_preset.impl), d_preset)
     chosen = choose_version(version, bool(d.randomized))
     ref = version_name(chosen)
     protocol = load_protocol(ref)
     t_preset = load_preset("task", task or DEFAULT_TASKS[entry.family], TASKS)
-    t = _build(TASKS.get(t_preset.impl), t_preset)
+    t = build(TASKS.get(t_preset.impl), t_preset)
     family = task_family(t)
     specs = [CellSpec(model=model, attack=protocol.attack_name, defense=defense, task=task, norm=tm.norm, eps=tm.eps,
                       n=n, seed=seed, protocol=ref, **spec_kw)

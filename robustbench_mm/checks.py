@@ -193,7 +193,7 @@ def run_sanity(model_name: str, defense: str = "none", n: int = 64, *, task: str
     the defense preset whose model the transfer check crafts on (none = the undefended model)."""
     from robustbench_mm.attacks.verdict import DEFAULT_DRAWS, Verdict
     from robustbench_mm.models.zoo import LoadOptions, load_model
-    from robustbench_mm.runner.cell import pick_device
+    from robustbench_mm.models.device import pick_device
     from robustbench_mm.runner.protocol import load_protocol
     from robustbench_mm.runner.resolve import CellSpec, resolve
 

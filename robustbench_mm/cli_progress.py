@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import typer
 
-from robustbench_mm.runner.progress import LogReporter, reporting
+from robustbench_mm.progress import LogReporter, reporting
 
 # seconds between progress lines when stderr is not a terminal (override: MMROBUST_PROGRESS_EVERY)
 LOG_EVERY = 5.0
@@ -52,7 +52,7 @@ def _logs_above(bar: Any) -> Iterator[None]:
 
 @contextlib.contextmanager
 def make_reporter(label: str, total: int) -> Iterator[Any]:
-    """Install a reporter for the cell(s) run inside the block (see ``runner.progress``)."""
+    """Install a reporter for the cell(s) run inside the block (see ``robustbench_mm.progress``)."""
     if sys.stderr.isatty():
         rich_reporter = RichReporter(label, total)
         with rich_reporter.bar, reporting(rich_reporter), _logs_above(rich_reporter.bar):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import math
 import re
 import types
 import typing
@@ -59,6 +60,23 @@ def parse_number(raw: object, where: str) -> float:
         except (ValueError, ZeroDivisionError):
             pass
     raise ConfigError(f"{where}={raw!r} is not a number or fraction like 8/255")
+
+
+def fmt_eps(eps: Any) -> str:
+    """The inverse of :func:`parse_number` for readers: ``8/255`` when ``eps`` is a multiple k/255
+    with 0 < k < 255, ``0`` for 0, else 4 significant digits; ``None``/NaN give ``""``."""
+    try:
+        e = float(eps)
+    except (TypeError, ValueError):
+        return ""
+    if math.isnan(e):
+        return ""
+    if e == 0:
+        return "0"
+    k = e * 255
+    if 0 < round(k) < 255 and abs(k - round(k)) < 1e-6:
+        return f"{round(k)}/255"
+    return f"{e:.4g}"
 
 
 @dataclass(frozen=True)
@@ -156,6 +174,29 @@ def load_preset(kind: str, ref: str, registry: Registry[Any], overrides: Mapping
     merged = {**params, **overrides}
     validated = validate_params(registry.get(impl), merged, str(path), set(overrides))
     return Preset(kind, name, impl, version, validated, str(path), dict(overrides))
+
+
+def build(cls: Any, preset: Preset) -> Any:
+    """Construct ``cls(**preset.params)`` named after the preset; a rejected value becomes one
+    ConfigError that names the flag or preset file it came from."""
+    try:
+        obj = cls(**preset.params)
+    except TypeError as exc:
+        raise ConfigError(f"{preset.path}: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{_blame(preset, str(exc))}: {exc}") from None
+    obj.name = preset.name
+    return obj
+
+
+def _blame(preset: Preset, message: str) -> str:
+    """The command line when the rejected value came from a flag (``--eps 2``), else the preset file."""
+    flagged = [k for k in preset.overrides if k in message]
+    if not flagged:
+        return preset.path
+    flags = ", ".join(f"--{k.replace('_', '-')} {preset.overrides[k]:g}" if isinstance(preset.overrides[k], float)
+                      else f"--{k.replace('_', '-')} {preset.overrides[k]}" for k in flagged)
+    return f"command line ({flags}, applied to {preset.kind} {preset.name})"
 
 
 def validate_params(impl: Any, params: Mapping[str, Any], where: str, overridden: set[str]) -> dict[str, Any]:

@@ -91,11 +91,12 @@ def benchmarking_defense(name: str) -> object:
     """The defense object, for its draws per forward."""
     from robustbench_mm.defenses.base import DEFENSES
     from robustbench_mm.presets import load_preset
-    from robustbench_mm.runner.resolve import _build, _register_all
+    from robustbench_mm.presets import build
+    from robustbench_mm.runner.registration import register_all
 
-    _register_all()
+    register_all()
     preset = load_preset("defense", name, DEFENSES)
-    return _build(DEFENSES.get(preset.impl), preset)
+    return build(DEFENSES.get(preset.impl), preset)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ import torch
 from robustbench_mm.defenses.base import DEFENSES
 from robustbench_mm.models.zoo import load_model
 from robustbench_mm.presets import load_preset
-from robustbench_mm.runner.resolve import _build, _register_all
+from robustbench_mm.presets import build
+from robustbench_mm.runner.registration import register_all
 from robustbench_mm.tasks.bundled import FMNIST_CLASSES, fmnist_eval_arrays, to_model_pixels
 from robustbench_mm.types import Batch
 
@@ -36,9 +37,9 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=32)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    _register_all()
+    register_all()
     preset = load_preset("defense", args.defense, DEFENSES)
-    defense = _build(DEFENSES.get(preset.impl), preset)
+    defense = build(DEFENSES.get(preset.impl), preset)
     for k in ("n", "n0", "bound"):
         if getattr(args, k) is not None:
             setattr(defense, k, getattr(args, k))

@@ -34,11 +34,12 @@ def train(name: str, model_name: str, resume: bool) -> dict:
     from robustbench_mm.defenses.base import DEFENSES as REG
     from robustbench_mm.models.zoo import load_model
     from robustbench_mm.presets import load_preset
-    from robustbench_mm.runner.resolve import _build, _register_all
+    from robustbench_mm.presets import build
+    from robustbench_mm.runner.registration import register_all
 
-    _register_all()
+    register_all()
     preset = load_preset("defense", name, REG)
-    defense = _build(REG.get(preset.impl), preset)
+    defense = build(REG.get(preset.impl), preset)
     model = load_model(model_name)
     out = defense.shipped_dir(model)
     t0 = time.time()
@@ -65,12 +66,12 @@ def joint(model_name: str, defense: str, n: int, eps: float, text_eps: float, st
     from robustbench_mm.defenses.mmcoa import joint_eval
     from robustbench_mm.models.zoo import load_model
     from robustbench_mm.presets import load_preset
-    from robustbench_mm.runner.resolve import _build
+    from robustbench_mm.presets import build
 
     model = load_model(model_name)
     if defense != "none":
         preset = load_preset("defense", defense, REG)
-        model = _build(REG.get(preset.impl), preset).apply(model)
+        model = build(REG.get(preset.impl), preset).apply(model)
     return joint_eval(model, n=n, eps_img=eps, text_eps=text_eps, steps=steps)
 
 
@@ -114,9 +115,9 @@ def family(model_name: str) -> str:
 def defense_families(name: str) -> frozenset[str]:
     from robustbench_mm.defenses.base import DEFENSES as REG
     from robustbench_mm.presets import load_preset
-    from robustbench_mm.runner.resolve import _register_all
+    from robustbench_mm.runner.registration import register_all
 
-    _register_all()
+    register_all()
     return REG.get(load_preset("defense", name, REG).impl).families
 
 

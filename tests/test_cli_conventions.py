@@ -11,7 +11,7 @@ import pytest
 
 from cli_invoke import invoke  # tests/cli_invoke.py
 from robustbench_mm import cli
-from robustbench_mm.runner.progress import LogReporter
+from robustbench_mm.progress import LogReporter
 
 
 @pytest.fixture

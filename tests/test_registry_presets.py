@@ -10,9 +10,9 @@ from robustbench_mm.attacks.base import ATTACKS
 from robustbench_mm.errors import ConfigError, UnknownNameError
 from robustbench_mm.presets import load_preset, parse_number
 from robustbench_mm.registry import Registry
-from robustbench_mm.runner.resolve import _register_all
+from robustbench_mm.runner.registration import register_all
 
-_register_all()
+register_all()
 
 
 def test_registry_suggests_close_matches() -> None:

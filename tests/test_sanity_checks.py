@@ -22,11 +22,12 @@ N, STEPS, EPS = 48, 10, 8 / 255
 def setup() -> tuple[Any, Any, Any]:
     from robustbench_mm.models.zoo import load_model
     from robustbench_mm.presets import load_preset
-    from robustbench_mm.runner.resolve import _build, _register_all
+    from robustbench_mm.presets import build
+    from robustbench_mm.runner.registration import register_all
     from robustbench_mm.tasks.base import TASKS
 
-    _register_all()
-    task = _build(TASKS.get("zero-shot"), load_preset("task", "fmnist-zeroshot", TASKS))
+    register_all()
+    task = build(TASKS.get("zero-shot"), load_preset("task", "fmnist-zeroshot", TASKS))
     batch = next(task.examples(n=N, seed=0, batch_size=N, image_size=32))
     return task, batch, load_model("clip-tiny")
 

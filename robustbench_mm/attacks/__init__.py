@@ -1,25 +1,12 @@
-"""White-box attacks over Objectives. ``build(name, **overrides)`` makes one from its preset."""
+"""White-box attacks over Objectives. ``build(name, **overrides)`` makes one from its preset.
+
+Importing the package registers every implementation (``registry_imports``), so a preset's
+``impl`` always resolves, whichever attack module was imported first.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
-from robustbench_mm.attacks.base import ATTACKS, Attack
-
-
-def build(name: str, **overrides: Any) -> Attack:
-    """Build a registered attack from its preset, with parameter overrides.
-
-    ``build("pgd", norm="linf", eps=8/255, steps=10, seed=0)``; the result works both as
-    ``attack(model, x, y)`` on any classifier on [0,1] images and as ``attack.perturb(...)``.
-    """
-    from robustbench_mm.attacks import registry_imports  # noqa: F401  (registers implementations)
-    from robustbench_mm.presets import load_preset
-
-    preset = load_preset("attack", name, ATTACKS, overrides)
-    attack = ATTACKS.get(preset.impl)(**preset.params)
-    attack.name = preset.name
-    return attack
-
+from robustbench_mm.attacks import registry_imports as _registry_imports  # noqa: F401
+from robustbench_mm.attacks.base import ATTACKS, Attack, build
 
 __all__ = ["ATTACKS", "Attack", "build"]

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from robustbench_mm.attacks.guard import check_valid
 from robustbench_mm.attacks.objectives import ModuleObjective
 from robustbench_mm.errors import ConfigError
+from robustbench_mm.presets import load_preset
 from robustbench_mm.registry import Registry
 from robustbench_mm.types import AttackResult, Batch, Norm, Objective
 
@@ -122,3 +123,16 @@ def _restart_draw(generator: torch.Generator) -> int:
     """A restart counter shared by the batch (advances the caller's generator identically for
     every batch layout), so restarts get fresh per-example starts."""
     return int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+
+
+def build(name: str, **overrides: Any) -> Attack:
+    """Build a registered attack from its preset, with parameter overrides.
+
+    ``build("pgd", norm="linf", eps=8/255, steps=10, seed=0)``; the result works both as
+    ``attack(model, x, y)`` on any classifier on [0,1] images and as ``attack.perturb(...)``.
+    The implementations are registered by importing ``robustbench_mm.attacks``.
+    """
+    preset = load_preset("attack", name, ATTACKS, overrides)
+    attack = ATTACKS.get(preset.impl)(**preset.params)
+    attack.name = preset.name
+    return attack

@@ -23,7 +23,7 @@ Choices (documented for the tables):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,7 @@ from robustbench_mm.attacks.base import ATTACKS, Attack, check_threat
 from robustbench_mm.attacks.guard import check_valid
 from robustbench_mm.attacks.pgd import PGD
 from robustbench_mm.errors import CapabilityError, ConfigError
+from robustbench_mm.registry import Registry
 from robustbench_mm.types import AttackResult, Batch, Objective
 
 
@@ -133,17 +134,9 @@ def shifted_targets(labels: Tensor) -> Tensor:
     return torch.tensor(out, dtype=torch.long)
 
 
-def bundled_target_images(labels: Tensor, size: int) -> Tensor:
-    """First image of class ``(y + 1) mod 10`` in the bundled Fashion-MNIST slice, ``[B,3,size,size]``."""
-    import numpy as np
-
-    from robustbench_mm.tasks.bundled import fmnist_eval_arrays, to_model_pixels
-
-    images, classes, _ = fmnist_eval_arrays()
-    classes = np.asarray(classes)
-    first = {c: int(np.nonzero(classes == c)[0][0]) for c in range(10)}
-    picks = np.stack([np.asarray(images[first[(int(y) + 1) % 10]], dtype=np.uint8).reshape(28, 28) for y in labels])
-    return to_model_pixels(picks, size)
+# Where ``target: bundled`` images come from: the task layer registers the bundled Fashion-MNIST
+# slice under "bundled" (tasks/bundled.py), so the attack names a data source without importing it.
+TARGET_IMAGES: Registry[Callable[[Tensor, int], Tensor]] = Registry("target image source")
 
 
 @ATTACKS.register("mf-ii")
@@ -180,7 +173,7 @@ class MFii(FeatureAttack):
         if bool(have.any()):
             out[have.to(x.device)] = x[j[have].to(x.device)]
         if bool((~have).any()):
-            out[(~have).to(x.device)] = bundled_target_images(labels[~have], x.shape[-1]).to(x)
+            out[(~have).to(x.device)] = TARGET_IMAGES.get("bundled")(labels[~have], x.shape[-1]).to(x)
         return out
 
     def prepare(self, model: Any, batch: Batch, objective: Objective) -> Objective:

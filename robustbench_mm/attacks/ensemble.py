@@ -10,6 +10,7 @@ the runner) every member attacks every sample and the highest task objective win
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Literal
 
 import torch
@@ -17,11 +18,12 @@ from torch import Tensor
 
 from robustbench_mm.attacks.apgd import LogitsCall
 from robustbench_mm.attacks.worst_case import RunResult, fold_worst_case
-from robustbench_mm.attacks.base import ATTACKS, Attack, check_threat
+from robustbench_mm.attacks.base import ATTACKS, Attack, build, check_threat
 from robustbench_mm.attacks.objectives import LMObjective, has_logits
 from robustbench_mm.attacks.verdict import success_test, verdict_of
 from robustbench_mm.errors import ConfigError
-from robustbench_mm.runner import progress
+from robustbench_mm.presets import load_raw
+from robustbench_mm import progress
 from robustbench_mm.types import AttackResult, Batch, Objective
 
 
@@ -84,8 +86,6 @@ class Ensemble(LogitsCall, Attack):
 
 def _member(name: str, *, eot: int | None, **overrides: Any) -> Attack:
     """Build one member; an imposed ``eot`` applies only where the implementation takes one."""
-    from robustbench_mm.attacks import build
-
     if eot is None or not _takes(name, "eot"):
         return build(name, **overrides)
     attack = build(name, eot=eot, **overrides)
@@ -100,17 +100,11 @@ def _dtype_override(member: str, search_dtype: str | None) -> dict[str, Any]:
 
 
 def _raw(member: str) -> dict[str, Any]:
-    from robustbench_mm.presets import load_raw
-
     return load_raw("attack", member)[1]
 
 
 def _takes(member: str, param: str) -> bool:
     """Whether the implementation behind preset ``member`` has the constructor parameter ``param``."""
-    import inspect
-
-    from robustbench_mm.attacks import registry_imports  # noqa: F401  (registers implementations)
-
     impl = _raw(member).get("impl")
     return isinstance(impl, str) and impl in ATTACKS and param in inspect.signature(ATTACKS.get(impl)).parameters
 

@@ -76,7 +76,7 @@ def run(commands: list[list[str]], mmrobust: str = "mmrobust", dry_run: bool = F
 def from_grid(preset: str, store: str, device: str | None = None) -> list[list[str]]:
     """Benchmark commands for a grid preset's compatible model x defense x task triples: linf at the
     grid's eps (8/255 if unset), plus l2 ``L2_EPS`` for randomized (smoothing) defenses."""
-    from robustbench_mm.api import plan_grid
+    from robustbench_mm.runner.grid import plan_grid
     from robustbench_mm.presets import load_grid
     from robustbench_mm.runner.resolve import CellSpec
 

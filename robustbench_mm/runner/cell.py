@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from robustbench_mm.attacks.guard import check_valid, perturbation_norms
 from robustbench_mm.attacks.verdict import VERDICT_KEY, Verdict
 from robustbench_mm.errors import MMRobustError
+from robustbench_mm.models.device import pick_device
 from robustbench_mm.models.zoo import LoadOptions, load_model
 from robustbench_mm.runner import gallery_capture, provenance
 from robustbench_mm.runner.resolve import CellSpec, ResolvedCell, resolve, spec_dict
@@ -34,20 +35,6 @@ class CellSummary:
     cell_id: str
     status: str  # ok | failed | skipped
     row: dict[str, Any] = field(default_factory=dict)
-
-
-def pick_device(requested: str | None) -> torch.device:
-    if requested in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested not in ("cpu", "cuda") and not str(requested).startswith("cuda:"):
-        from robustbench_mm.errors import ConfigError
-
-        raise ConfigError(f"--device {requested!r} must be cpu or cuda")
-    if str(requested).startswith("cuda") and not torch.cuda.is_available():
-        from robustbench_mm.errors import ConfigError
-
-        raise ConfigError("--device cuda requested but CUDA is not available; use --device cpu")
-    return torch.device(str(requested))
 
 
 def run_cell(spec: CellSpec | ResolvedCell, *, store: ResultStore, force: bool = False,

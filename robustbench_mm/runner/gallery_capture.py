@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from robustbench_mm.report.budget import fmt_eps
-from robustbench_mm.report.gallery import GRID_FILE, META_FILE, GallerySample, captions, render_grid
+from robustbench_mm.presets import fmt_eps
+from robustbench_mm.runner.gallery_render import GRID_FILE, META_FILE, GallerySample, captions, render_grid
 
 GALLERY_SAMPLES = 8
 TABLE = "gallery"  # the key in a cell's tables; written as files, not parquet

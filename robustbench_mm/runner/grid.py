@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
+from robustbench_mm.presets import load_grid, parse_number
 from robustbench_mm.runner.cell import CellSummary, run_cell
 from robustbench_mm.runner.resolve import CellSpec, ResolvedCell, resolve
 from robustbench_mm.runner.store import ResultStore
@@ -91,3 +92,16 @@ def spec_from_grid_preset(data: dict[str, Any]) -> tuple[GridSpec, dict[str, Any
                     tuple(data.get("tasks") or [None]))
     shared = {k: data[k] for k in ("n", "seed", "eps", "steps", "batch_size") if k in data}
     return grid, shared
+
+
+def plan_grid(grid: GridSpec | None, preset: str | None, template: CellSpec) -> list[ResolvedCell]:
+    """Cells of an ad-hoc grid or a grid preset; preset values fill what the CLI left unset."""
+    if preset:
+        data = load_grid(preset)
+        grid, shared = spec_from_grid_preset(data)
+        fill = {k: v for k, v in shared.items() if getattr(template, k) == getattr(CellSpec(model=""), k)}
+        if "eps" in fill:
+            fill["eps"] = parse_number(fill["eps"], f"grid {preset}: eps")
+        template = replace(template, **fill)
+    assert grid is not None
+    return expand(grid, template)

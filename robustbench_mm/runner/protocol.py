@@ -7,6 +7,9 @@ ensemble: each on the samples still standing, per-sample worst case), the member
 defenses that declare ``rescales_logits``, and the family's standard ``threat_models``. The row
 records the protocol ``id`` (e.g. ``mm-aa/standard/v1``); the cell id hashes every member's preset,
 so editing a member can never be mistaken for the same protocol.
+
+This module reads protocol files as data and builds the cell's ensemble preset; the resolver calls
+it, never the other way round.
 """
 
 from __future__ import annotations
@@ -15,8 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+import yaml
+
+from robustbench_mm.attacks.base import ATTACKS, check_threat
+from robustbench_mm.attacks.objectives import has_logits
+from robustbench_mm.attacks.verdict import DEFAULT_DRAWS, check_draws
+from robustbench_mm.defenses.base import DEFENSES
 from robustbench_mm.errors import ConfigError, UnknownNameError
-from robustbench_mm.presets import Preset, load_preset, parse_number, presets_root, validate_params
+from robustbench_mm.presets import Preset, build, load_preset, parse_number, presets_root, validate_params
+from robustbench_mm.runner.registration import register_all
+from robustbench_mm.tasks.base import TASKS
 
 VERSIONS = ("auto", "standard", "rand")
 FAMILIES = ("classification", "generative")
@@ -67,10 +78,7 @@ class Protocol:
 
     def config(self) -> dict[str, Any]:
         """What identifies the protocol's numbers: id, version, and every member preset's contents."""
-        from robustbench_mm.attacks.base import ATTACKS
-        from robustbench_mm.runner.resolve import _register_all
-
-        _register_all()
+        register_all()
         members = sorted({m for f in self.families.values() for m in (*f.members, *f.rescales_logits)})
         return {"id": self.id, "version": self.version, "verdict_draws": self.verdict_draws,
                 **({"eot_draws": self.eot_draws} if self.eot_draws is not None else {}),
@@ -98,8 +106,6 @@ def version_name(version: str) -> str:
 
 def load_protocol(ref: str) -> Protocol:
     """Load and validate a protocol preset by name (``standard-v1``) or YAML path."""
-    import yaml
-
     path = Path(ref) if ref.endswith((".yaml", ".yml")) else protocols_dir() / f"{ref}.yaml"
     if not path.is_file():
         raise UnknownNameError(f"unknown protocol {ref!r}; choose --version auto, standard or rand, a preset "
@@ -116,8 +122,6 @@ def load_protocol(ref: str) -> Protocol:
     for key in ("name", "id"):
         if not isinstance(data.get(key), str) or not data[key]:
             raise ConfigError(f"{path}: missing key {key!r}")
-    from robustbench_mm.attacks.verdict import DEFAULT_DRAWS, check_draws
-
     draws = check_draws(data.get("verdict_draws", DEFAULT_DRAWS))
     families = {f: _family(data[f], f"{path}: {f}") for f in FAMILIES if f in data}
     if not families:
@@ -151,8 +155,6 @@ def _family(raw: Any, where: str) -> FamilyPlan:
 
 def task_family(task: Any) -> str:
     """``classification`` when the task's objective has class logits, else ``generative``."""
-    from robustbench_mm.attacks.objectives import has_logits
-
     return "classification" if has_logits(task.objective()) else "generative"
 
 
@@ -172,8 +174,6 @@ def threat_models(protocol: Protocol, family: str, task_name: str, norm: str | N
     if not picked:
         raise ConfigError(f"task {task_name} has no {norm} budget in protocol {protocol.id}; "
                           f"use --norm {' or --norm '.join(norms)}")
-    from robustbench_mm.attacks.base import check_threat
-
     if eps is not None:
         check_threat(norm, eps)
         return [ThreatModel(norm, eps)]
@@ -183,14 +183,9 @@ def threat_models(protocol: Protocol, family: str, task_name: str, norm: str | N
 def protocol_attack_preset(spec: Any, defense_preset: Preset, task_preset: Preset,
                            overrides: Mapping[str, Any]) -> tuple[Protocol, Preset]:
     """The ensemble attack preset a protocol prescribes for this cell's task, defense and budget."""
-    from robustbench_mm.attacks.base import ATTACKS
-    from robustbench_mm.defenses.base import DEFENSES
-    from robustbench_mm.runner.resolve import _build
-    from robustbench_mm.tasks.base import TASKS
-
     protocol = load_protocol(spec.protocol)
-    task = _build(TASKS.get(task_preset.impl), task_preset)
-    defense = _build(DEFENSES.get(defense_preset.impl), defense_preset)
+    task = build(TASKS.get(task_preset.impl), task_preset)
+    defense = build(DEFENSES.get(defense_preset.impl), defense_preset)
     family = task_family(task)
     plan = protocol.plan(family, task.name)
     if spec.norm is None or spec.eps is None:

@@ -10,10 +10,14 @@ from typing import Any
 from robustbench_mm.attacks.adaptive import WithMarginLoss, needs_margin
 from robustbench_mm.attacks.base import ATTACKS, Attack
 from robustbench_mm.attacks.objectives import has_logits
+from robustbench_mm.attacks.verdict import DEFAULT_DRAWS, check_draws
 from robustbench_mm.defenses.base import DEFENSES, Defense
 from robustbench_mm.errors import CapabilityError, ConfigError
+from robustbench_mm.models.device import pick_device
 from robustbench_mm.models.zoo import ModelEntry, check_available, entry_for, resolve_model_name
-from robustbench_mm.presets import Preset, load_preset, load_raw, stable_hash
+from robustbench_mm.presets import Preset, build, load_preset, load_raw, stable_hash
+from robustbench_mm.runner.protocol import protocol_attack_preset
+from robustbench_mm.runner.registration import register_all
 from robustbench_mm.runner.store import SCHEMA_VERSION
 from robustbench_mm.tasks.base import TASKS, Task
 
@@ -94,15 +98,9 @@ def cell_config(entry: ModelEntry, attack: Preset, defense: Preset, task: Preset
     }
 
 
-def _register_all() -> None:
-    from robustbench_mm.attacks import registry_imports as _a  # noqa: F401
-    from robustbench_mm.defenses import registry_imports as _d  # noqa: F401
-    from robustbench_mm.tasks import registry_imports as _t  # noqa: F401
-
-
 def resolve(spec: CellSpec) -> ResolvedCell:
     """Validate names, overrides and compatibility; build attack, defense and task objects."""
-    _register_all()
+    register_all()
     check_scalars(spec)
     model_name = resolve_model_name(spec.model)
     entry = entry_for(model_name, spec.revision)
@@ -116,15 +114,13 @@ def resolve(spec: CellSpec) -> ResolvedCell:
     task_preset = load_preset("task", spec.task or DEFAULT_TASKS[entry.family], TASKS)
     protocol = None
     if spec.protocol:  # the protocol names the attack (an ensemble of its members) for this threat model
-        from robustbench_mm.runner.protocol import protocol_attack_preset
-
         protocol, attack_preset = protocol_attack_preset(spec, defense_preset, task_preset, overrides)
     else:
         attack_preset = load_preset("attack", spec.attack, ATTACKS, _attack_overrides(spec.attack, overrides))
-    attack = _build(ATTACKS.get(attack_preset.impl), attack_preset)
-    defense = _build(DEFENSES.get(defense_preset.impl), defense_preset)
+    attack = build(ATTACKS.get(attack_preset.impl), attack_preset)
+    defense = build(DEFENSES.get(defense_preset.impl), defense_preset)
     attack_preset, attack = adaptive_eot(attack_preset, attack, defense)
-    task = _build(TASKS.get(task_preset.impl), task_preset)
+    task = build(TASKS.get(task_preset.impl), task_preset)
     _check_compatible(entry, defense, task)
     if hasattr(task, "bind_family"):  # per-family prompts (LLaVA and BLIP-2 were evaluated differently)
         task.bind_family(entry.family)
@@ -148,8 +144,6 @@ def resolve(spec: CellSpec) -> ResolvedCell:
 def verdict_draws(spec: CellSpec, defense: Defense, protocol: Any = None) -> int:
     """Draws of the verdict procedure: 1 (one fp32 forward) for deterministic defenses; for randomized
     ones ``--verdict-draws``, else the protocol's, else the default (16), validated >= 8."""
-    from robustbench_mm.attacks.verdict import DEFAULT_DRAWS, check_draws
-
     if not defense.randomized:
         return 1
     chosen = spec.verdict_draws or (protocol.verdict_draws if protocol is not None else None) or DEFAULT_DRAWS
@@ -179,8 +173,6 @@ def check_scalars(spec: CellSpec) -> None:
 
         if importlib.util.find_spec("accelerate") is None:
             raise ConfigError("--device-map auto needs the accelerate package: pip install accelerate")
-    from robustbench_mm.runner.cell import pick_device
-
     pick_device(spec.device)
 
 
@@ -220,7 +212,7 @@ def adaptive_eot(preset: Preset, attack: Attack, defense: Defense) -> tuple[Pres
             or "eot" not in inspect.signature(cls).parameters):
         return preset, attack
     preset = replace(preset, name=f"{preset.name}+eot{n_eot}", params={**preset.params, "eot": n_eot})
-    return preset, _build(cls, preset)
+    return preset, build(cls, preset)
 
 
 def adaptive_margin(preset: Preset, attack: Attack, defense: Defense, task: Task) -> tuple[Preset, Attack]:
@@ -236,27 +228,6 @@ def adaptive_margin(preset: Preset, attack: Attack, defense: Defense, task: Task
     wrapped = WithMarginLoss(attack)
     wrapped.name = preset.name
     return preset, wrapped
-
-
-def _build(cls: Any, preset: Preset) -> Any:
-    try:
-        obj = cls(**preset.params)
-    except TypeError as exc:
-        raise ConfigError(f"{preset.path}: {exc}") from None
-    except ConfigError as exc:
-        raise ConfigError(f"{_blame(preset, str(exc))}: {exc}") from None
-    obj.name = preset.name
-    return obj
-
-
-def _blame(preset: Preset, message: str) -> str:
-    """The command line when the rejected value came from a flag (``--eps 2``), else the preset file."""
-    flagged = [k for k in preset.overrides if k in message]
-    if not flagged:
-        return preset.path
-    flags = ", ".join(f"--{k.replace('_', '-')} {preset.overrides[k]:g}" if isinstance(preset.overrides[k], float)
-                      else f"--{k.replace('_', '-')} {preset.overrides[k]}" for k in flagged)
-    return f"command line ({flags}, applied to {preset.kind} {preset.name})"
 
 
 def _check_compatible(entry: ModelEntry, defense: Defense, task: Task) -> None:

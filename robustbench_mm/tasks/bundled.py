@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from robustbench_mm.attacks.embedding import TARGET_IMAGES
+
 FMNIST_CLASSES = [
     "t-shirt",
     "trouser",
@@ -153,3 +155,14 @@ def find_class(text: str) -> int | None:
             if best is None or key < best:
                 best = key
     return None if best is None else best[2]
+
+
+@TARGET_IMAGES.register("bundled")
+def bundled_target_images(labels: Tensor, size: int) -> Tensor:
+    """First image of class ``(y + 1) mod 10`` in the bundled slice, ``[B,3,size,size]``: the MF-ii
+    attack's target when its batch has no other-class sample (``attacks/embedding.py``)."""
+    images, classes, _ = fmnist_eval_arrays()
+    classes = np.asarray(classes)
+    first = {c: int(np.nonzero(classes == c)[0][0]) for c in range(10)}
+    picks = np.stack([np.asarray(images[first[(int(y) + 1) % 10]], dtype=np.uint8).reshape(28, 28) for y in labels])
+    return to_model_pixels(picks, size)

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from robustbench_mm.presets import build, load_preset
+from robustbench_mm.tasks import registry_imports as _tasks  # noqa: F401  (registers the task implementations)
+from robustbench_mm.tasks.base import TASKS
+
 
 def task_card(name: str) -> dict[str, Any]:
     """``metric``, ``threshold`` (datasets' correctness threshold, else None) and ``prompt``
     (per model family; ``{question}`` is each sample's question) of task preset ``name``."""
-    from robustbench_mm.presets import load_preset
-    from robustbench_mm.runner.resolve import _build, _register_all
-    from robustbench_mm.tasks.base import TASKS
-
-    _register_all()
     preset = load_preset("task", name, TASKS)
-    task = _build(TASKS.get(preset.impl), preset)  # constructors read no data
+    task = build(TASKS.get(preset.impl), preset)  # constructors read no data
     if hasattr(task, "card"):
         return dict(task.card())
     families = sorted(task.families) or ["clip"]

@@ -9,10 +9,11 @@ def shipped(defense_name: str, model_name: str = "clip-tiny"):  # type: ignore[n
     from robustbench_mm.defenses.training import SHIPPED_DIR
     from robustbench_mm.models.zoo import load_model
     from robustbench_mm.presets import load_preset
-    from robustbench_mm.runner.resolve import _build, _register_all
+    from robustbench_mm.presets import build
+    from robustbench_mm.runner.registration import register_all
 
-    _register_all()
-    defense = _build(DEFENSES.get(load_preset("defense", defense_name, DEFENSES).impl),
+    register_all()
+    defense = build(DEFENSES.get(load_preset("defense", defense_name, DEFENSES).impl),
                      load_preset("defense", defense_name, DEFENSES))
     model = load_model(model_name)
     path = defense.weights_dir(model)

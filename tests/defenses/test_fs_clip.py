@@ -185,10 +185,11 @@ def test_default_fs_psm_budget_is_informative_at_every_reported_radius(clip) -> 
     measured on 32 images: 0, 0, 0 and 3% abstention)."""
     from robustbench_mm.defenses.base import DEFENSES
     from robustbench_mm.presets import load_preset
-    from robustbench_mm.runner.resolve import _build, _register_all
+    from robustbench_mm.presets import build
+    from robustbench_mm.runner.registration import register_all
 
-    _register_all()
-    d = _build(DEFENSES.get("fs-psm"), load_preset("defense", "fs-psm", DEFENSES))
+    register_all()
+    d = build(DEFENSES.get("fs-psm"), load_preset("defense", "fs-psm", DEFENSES))
     d.train_if_missing = False
     assert 0.5 in d.radii
     frame = d.certify(d.apply(clip), _batch(8), d.radii)

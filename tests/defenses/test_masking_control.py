@@ -23,11 +23,12 @@ GAIN = 0.15  # a defense must keep this much more robust accuracy than the undef
 
 def _setup() -> tuple[Any, Any]:
     from robustbench_mm.presets import load_preset
-    from robustbench_mm.runner.resolve import _build, _register_all
+    from robustbench_mm.presets import build
+    from robustbench_mm.runner.registration import register_all
     from robustbench_mm.tasks.base import TASKS
 
-    _register_all()
-    task = _build(TASKS.get("zero-shot"), load_preset("task", "fmnist-zeroshot", TASKS))
+    register_all()
+    task = build(TASKS.get("zero-shot"), load_preset("task", "fmnist-zeroshot", TASKS))
     batch = next(task.examples(n=N, seed=0, batch_size=N, image_size=32))
     return task, batch
 

@@ -98,11 +98,12 @@ def test_text_embedding_pgd_stays_in_per_token_balls_and_raises_the_loss() -> No
 def test_tecoa_preset_is_the_image_only_variant() -> None:
     from robustbench_mm.defenses.base import DEFENSES
     from robustbench_mm.presets import load_preset
-    from robustbench_mm.runner.resolve import _build, _register_all
+    from robustbench_mm.presets import build
+    from robustbench_mm.runner.registration import register_all
 
-    _register_all()
-    tecoa = _build(DEFENSES.get("mmcoa"), load_preset("defense", "tecoa", DEFENSES))
-    mmcoa = _build(DEFENSES.get("mmcoa"), load_preset("defense", "mmcoa", DEFENSES))
+    register_all()
+    tecoa = build(DEFENSES.get("mmcoa"), load_preset("defense", "tecoa", DEFENSES))
+    mmcoa = build(DEFENSES.get("mmcoa"), load_preset("defense", "mmcoa", DEFENSES))
     assert tecoa.lam_txt == 0 and tecoa.towers == ("vision",)
     assert mmcoa.lam_txt == 0.5 and set(mmcoa.towers) == {"vision", "text"}
     assert tecoa.params != mmcoa.params

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from robustbench_mm.report.gallery import GRID_FILE, META_FILE, GallerySample, captions, render_grid
+from robustbench_mm.runner.gallery_render import GRID_FILE, META_FILE, GallerySample, captions, render_grid
 from robustbench_mm.runner.stats import wilson_interval
 from robustbench_mm.runner.store import ResultStore
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from robustbench_mm.report.gallery import CELL_PX, GALLERY_DIR, GRID_FILE, META_FILE, amplified
+from robustbench_mm.runner.gallery_render import CELL_PX, GALLERY_DIR, GRID_FILE, META_FILE, amplified
 from robustbench_mm.tasks.bundled import FMNIST_CLASSES
 
 

@@ -14,17 +14,18 @@ import torch
 from robustbench_mm.errors import ConfigError
 from robustbench_mm.models.base import PlainPrompt
 from robustbench_mm.presets import load_preset
-from robustbench_mm.runner.resolve import _build, _register_all
+from robustbench_mm.presets import build
+from robustbench_mm.runner.registration import register_all
 from robustbench_mm.tasks.base import TASKS
 
 LLAVA_VQA = "\nAnswer the question using a single word or phrase."
 
 
 def _preset_task(name: str, **params: object):  # type: ignore[no-untyped-def]
-    _register_all()
+    register_all()
     preset = load_preset("task", name, TASKS)
     preset = type(preset)(**{**preset.__dict__, "params": {**preset.params, **params}})
-    return _build(TASKS.get(preset.impl), preset)
+    return build(TASKS.get(preset.impl), preset)
 
 
 def _images(n: int, seed: int = 0) -> list[np.ndarray]:

@@ -16,7 +16,6 @@ from torch import Tensor, nn
 
 from robustbench_mm.defenses.base import Defense
 from robustbench_mm.defenses.training.cards import write_card
-from robustbench_mm.defenses.training.command import train_command
 from robustbench_mm.defenses.training.checkpoints import load_checkpoint, save_checkpoint
 from robustbench_mm.defenses.training.data import sample_batch, step_generator, training_data
 from robustbench_mm.defenses.training.paths import DONE_FILE, FORMAT_VERSION, SHIPPED_DIR, cache_root, finished, recorded_hash
@@ -75,8 +74,19 @@ class TrainingDefense(Defense):
 
     def train(self, model: Any, *, out: Path | None = None, resume: bool = True, force: bool = False
               ) -> dict[str, Any]:
-        """``mmrobust train``: see ``train_command``."""
-        return train_command(self, model, out=out, resume=resume, force=force)
+        """``mmrobust train``: train into ``out`` (default: the cache directory of the recipe),
+        resuming a checkpoint; finished weights are reused unless ``force``."""
+        path = Path(out) if out else cache_root() / self.recipe_hash(model)
+        if not force:
+            existing = self.weights_dir(model) if out is None else path
+            if finished(existing) and recorded_hash(existing) == self.recipe_hash(model):
+                record = json.loads((existing / DONE_FILE).read_text())
+                return record | {"path": str(existing), "reused": True}
+        if force or (finished(path) and recorded_hash(path) != self.recipe_hash(model)):
+            log.info("%s: %s holds weights of another recipe or base-model revision; retraining", self.name, path)
+            shutil.rmtree(path / "checkpoint", ignore_errors=True)
+            (path / DONE_FILE).unlink(missing_ok=True)
+        return self.fit(model, path, resume=resume) | {"path": str(path), "reused": False}
 
     def apply(self, model: Any) -> Any:
         path = self.weights_dir(model)

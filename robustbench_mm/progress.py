@@ -3,7 +3,8 @@
 The runner reports finished samples through its ``progress(k)`` callback; attacks that run several
 members (ensembles) announce each member through :func:`member`. Both reach the reporter the caller
 installed with :func:`reporting` (the CLI's bar on a terminal, a log line every few seconds
-otherwise); without one they cost nothing.
+otherwise); without one they cost nothing. It sits below the attacks and the runner (it imports
+nothing of the package), so an attack announces its members without knowing who listens.
 """
 
 from __future__ import annotations
