@@ -3,16 +3,20 @@ PIP := .venv/bin/pip
 # torch/torchvision: the versions this machine offers from local disk (see README).
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup test test-gpu run validate leaderboard leaderboard-stores nightly reproduce wheel
+.PHONY: setup test test-gpu lint-imports run validate leaderboard leaderboard-stores nightly reproduce wheel
 
 setup:
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q -e '.[dev]'
 
-test:
+test: lint-imports
 	$(PY) -m pytest -q
 	.venv/bin/mmrobust validate
+
+# the layers contract and no import cycles ([tool.importlinter] in pyproject.toml; README "Layers")
+lint-imports:
+	.venv/bin/lint-imports --no-cache
 
 test-gpu:
 	$(PY) -m pytest -q -m gpu

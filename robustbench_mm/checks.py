@@ -1,5 +1,6 @@
-"""Evaluation sanity checks (design 'Trust', style rule 7): signs that an evaluation is unreliable
-because of gradient masking or a broken attack. Each check is explained in docs/checks.md.
+"""Gradient-masking sanity checks: signs that an evaluation is unreliable.
+
+Gradient masking or a broken attack shows in these checks; each is explained in docs/checks.md.
 
 ``run_sanity(model, defense, n)`` loads a model, applies the defense, takes ``n`` examples of the
 model family's default task and runs, on the clean-correct ones:

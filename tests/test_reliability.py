@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from robustbench_mm import api
-from robustbench_mm.runner import cell as cell_mod
+from robustbench_mm.runner import batch_eval as cell_mod
 from robustbench_mm.runner.resolve import CellSpec
 
 VOLATILE = ["wall_s", "samples_per_s", "created_at"]

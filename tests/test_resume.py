@@ -26,7 +26,7 @@ def _tables(out: Path) -> dict[str, pd.DataFrame]:
 
 
 def _interrupt_at_batch(monkeypatch: pytest.MonkeyPatch, k: int) -> None:
-    real, calls = cell_mod._evaluate_halving_on_oom, []
+    real, calls = cell_mod.evaluate_halving_on_oom, []
 
     def stop_at_k(*args: object) -> object:
         calls.append(1)
@@ -34,7 +34,7 @@ def _interrupt_at_batch(monkeypatch: pytest.MonkeyPatch, k: int) -> None:
             raise KeyboardInterrupt  # Ctrl-C or a killed session: nothing is committed
         return real(*args)
 
-    monkeypatch.setattr(cell_mod, "_evaluate_halving_on_oom", stop_at_k)
+    monkeypatch.setattr(cell_mod, "evaluate_halving_on_oom", stop_at_k)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,7 @@
-"""The ``mmrobust`` command line. Thin: parse, build specs, call ``api``; heavy imports stay inside
-the commands so ``mmrobust --help`` starts fast.
+"""The ``mmrobust`` command line, one module per command group.
+
+Thin: parse, build specs, call ``api``; heavy imports stay inside the commands so
+``mmrobust --help`` starts fast.
 
 ``app.py`` holds the Typer app and the entry point; the ``*_commands`` modules hold the commands,
 one group each, as plain functions. They are registered here, in the order ``--help`` lists them.

@@ -178,7 +178,7 @@ def _failed_tables(cell: ResolvedCell, errors: list[str]) -> tuple[str, dict[str
     import pandas as pd
 
     from robustbench_mm.runner import provenance
-    from robustbench_mm.runner.cell import _empty_tables, _meta
+    from robustbench_mm.runner.summary import cell_meta, empty_tables
     from robustbench_mm.runner.store import SCHEMA_VERSION
 
     threat = cell.attack.describe()
@@ -192,8 +192,8 @@ def _failed_tables(cell: ResolvedCell, errors: list[str]) -> tuple[str, dict[str
            "unreliable": False, "sanity": "{}", "created_at": provenance.now(),
            "git_commit": provenance.git_commit(), "versions": provenance.versions_json(), "model_revision": "",
            "schema_version": SCHEMA_VERSION, "batch_size": cell.spec.batch_size}
-    tables = {**_empty_tables(), "asr": pd.DataFrame([row])}
-    return "failed", tables, _meta(cell, row)
+    tables = {**empty_tables(), "asr": pd.DataFrame([row])}
+    return "failed", tables, cell_meta(cell, row)
 
 
 def make_executor(name: str, address: str | None = None) -> Executor:
