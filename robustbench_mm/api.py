@@ -196,6 +196,26 @@ def show_gallery(out: str | Path, png: str | Path) -> int:
     return write_gallery(out, show(out), png)
 
 
+def show_curves(out: str | Path, directory: str | Path) -> list[Path]:
+    """One certified-curve PNG per certifying cell of a store (sound rows only: certified accuracy
+    against the l2 radius, FCSB median / 5% quantile), written to ``directory``; returns the paths."""
+    from robustbench_mm.report import plots
+    from robustbench_mm.report.entries import sound_rows
+
+    show(out)  # validates the store
+    cert = ResultStore(out).open().read("certified")
+    target = Path(directory)
+    target.mkdir(parents=True, exist_ok=True)
+    written = []
+    for cell_id, rows in (sound_rows(cert).groupby("cell_id") if not cert.empty else []):
+        png = plots.certified_curves(rows, f"{rows['model'].iloc[0]} / {rows['defense'].iloc[0]} (sound bounds)")
+        if png:
+            path = target / f"{cell_id}--certified.png"
+            path.write_bytes(png)
+            written.append(path)
+    return written
+
+
 def reproduce_list() -> list[dict[str, Any]]:
     """Every paper spec in tasks/papers/ with its cells, references and missing weights."""
     from robustbench_mm.report import paper

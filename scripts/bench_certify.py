@@ -1,7 +1,8 @@
-"""FS certification throughput: noisy forwards per second of the batched Monte-Carlo loop, against
-the encoder's raw batched forward and against certifying one image at a time.
+"""Certification throughput (FS's FCSB and randomized smoothing's CERTIFY): noisy forwards per second
+of the batched Monte-Carlo loop, against the raw batched forward and against one image at a time.
 
     OMP_NUM_THREADS=1 python scripts/bench_certify.py --pairs 256x1,256x8,256x32,1000x8 --repeats 1   # committed CPU run
+    python scripts/bench_certify.py --methods rs --pairs 2000x1,2000x8,2000x32   # rs: CERTIFY, n0 = 100
     python scripts/bench_certify.py --device cuda --models clip-tiny,llava-tiny --n 1000 --batch 8,64
 
 For each (model, n, batch): ``batch`` bundled images are certified with ``n0 + n`` noise draws
@@ -26,12 +27,15 @@ from typing import Any, Callable
 import torch
 
 from robustbench_mm.defenses.fs_psm.certify import auto_chunk, certify_fs
+from robustbench_mm.defenses.rs_certify import certify as rs_certify
+from robustbench_mm.defenses.smoothed_class import zero_shot_logits
 from robustbench_mm.models.zoo import LoadOptions, load_model
 from robustbench_mm.runner import provenance
 from robustbench_mm.tasks.bundled import fmnist_eval_arrays, to_model_pixels
 
 log = logging.getLogger("bench_certify")
 SIGMA, N0, ALPHA = 0.25, 16, 0.001
+RS_N0 = 100  # the rs / fs presets' selection draws
 
 
 def _sync(device: torch.device) -> None:
@@ -52,25 +56,41 @@ def _best_of(fn: Callable[[], Any], device: torch.device, repeats: int) -> float
     return best
 
 
-def bench(model_name: str, n: int, batch: int, device: torch.device, chunk: int, repeats: int) -> dict[str, Any]:
-    model = load_model(model_name, LoadOptions(device=str(device), dtype="fp32"))
+def _certifier(method: str, model: Any, chunk: int) -> tuple[Callable[..., Any], Callable[[Any], Any], int]:
+    """(certify(x, seeds, n), raw forward, n0) of one method."""
     enc = model.raw_vision_features
+    if method == "fs":
+        def fs(x: Any, seeds: list[int], n: int) -> Any:
+            return certify_fs(enc, x, sigma=SIGMA, n0=N0, n=n, alpha=ALPHA, radii=(0.25,), bound="bernstein",
+                              seeds=seeds, chunk=chunk)
+        return fs, enc, N0
+    from robustbench_mm.presets import build, load_preset
+    from robustbench_mm.tasks import registry_imports  # noqa: F401  (registers the tasks)
+    from robustbench_mm.tasks.base import TASKS
+
+    preset = load_preset("task", "fmnist-zeroshot", TASKS)
+    logits = zero_shot_logits(enc, model.class_weights(build(TASKS.get(preset.impl), preset).class_prompts()))
+
+    def rs(x: Any, seeds: list[int], n: int) -> Any:
+        return rs_certify(logits, x, sigma=SIGMA, n0=RS_N0, n=n, alpha=ALPHA, batch_size=chunk, seeds=seeds)
+    return rs, logits, RS_N0
+
+
+def bench(model_name: str, n: int, batch: int, device: torch.device, chunk: int, repeats: int,
+          method: str = "fs") -> dict[str, Any]:
+    model = load_model(model_name, LoadOptions(device=str(device), dtype="fp32"))
+    certify, forward, n0 = _certifier(method, model, chunk)
     images, _, _ = fmnist_eval_arrays()
     x = to_model_pixels(images[:batch], model.image_size).to(device)
     seeds = list(range(batch))
-    draws = batch * (N0 + n)
+    draws = batch * (n0 + n)
     with torch.no_grad():
         noisy = (x[:1] + SIGMA * torch.randn((chunk, *x.shape[1:]), device=device)).contiguous()
-        raw_s = _best_of(lambda: enc(noisy), device, max(3, repeats))
-        cert = lambda: certify_fs(enc, x, sigma=SIGMA, n0=N0, n=n, alpha=ALPHA, radii=(0.25,),  # noqa: E731
-                                  bound="bernstein", seeds=seeds, chunk=chunk)
-        cert_s = _best_of(cert, device, repeats)
-        loop = lambda: [certify_fs(enc, x[i:i + 1], sigma=SIGMA, n0=N0, n=n, alpha=ALPHA,  # noqa: E731
-                                   radii=(0.25,), bound="bernstein", seeds=seeds[i:i + 1], chunk=chunk)
-                        for i in range(batch)]
-        loop_s = _best_of(loop, device, repeats)
+        raw_s = _best_of(lambda: forward(noisy), device, max(3, repeats))
+        cert_s = _best_of(lambda: certify(x, seeds, n), device, repeats)
+        loop_s = _best_of(lambda: [certify(x[i:i + 1], seeds[i:i + 1], n) for i in range(batch)], device, repeats)
     raw = chunk / raw_s
-    row = {"model": model_name, "n": n, "n0": N0, "batch": batch, "chunk": chunk,
+    row = {"method": method, "model": model_name, "n": n, "n0": n0, "batch": batch, "chunk": chunk,
            "certify_forwards_per_s": draws / cert_s, "raw_forwards_per_s": raw,
            "loop_forwards_per_s": draws / loop_s, "speedup_vs_loop": loop_s / cert_s,
            "fraction_of_raw": draws / cert_s / raw, "certify_s": cert_s, "loop_s": loop_s}
@@ -81,6 +101,7 @@ def bench(model_name: str, n: int, batch: int, device: torch.device, chunk: int,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="clip-tiny")
+    ap.add_argument("--methods", default="fs", help="fs (FCSB) and / or rs (randomized-smoothing CERTIFY), comma list")
     ap.add_argument("--n", default="256,1000", help="estimation samples per image (comma list)")
     ap.add_argument("--batch", default="1,8,32", help="images per certify call (comma list)")
     ap.add_argument("--pairs", default="", help="explicit n x batch cases, e.g. 256x1,256x32,1000x8 (overrides --n/--batch)")
@@ -94,16 +115,17 @@ def main() -> None:
     args.chunk = args.chunk or auto_chunk(device)
     cases = ([tuple(int(v) for v in p.split("x")) for p in args.pairs.split(",")] if args.pairs else
              [(int(n), int(b)) for n in args.n.split(",") for b in args.batch.split(",")])
-    rows = [bench(m, n, b, device, args.chunk, args.repeats) for m in args.models.split(",") for n, b in cases]
+    rows = [bench(m, n, b, device, args.chunk, args.repeats, method) for method in args.methods.split(",")
+            for m in args.models.split(",") for n, b in cases]
     doc = {"device": provenance.device_name(device), "created_at": provenance.now(),
            "versions": provenance.versions(), "threads": torch.get_num_threads(),
            "git_commit": provenance.git_commit(), "sigma": SIGMA, "results": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"certify-{dt.date.today().isoformat()}-{device.type}.json"
     path.write_text(json.dumps(doc, indent=1) + "\n")
-    print(f"{'model':<12} {'n':>6} {'batch':>5} {'certify/s':>10} {'raw/s':>10} {'loop/s':>10} {'x loop':>7} {'of raw':>7}")
+    print(f"{'method':<6} {'model':<12} {'n':>6} {'batch':>5} {'certify/s':>10} {'raw/s':>10} {'loop/s':>10} {'x loop':>7} {'of raw':>7}")
     for r in rows:
-        print(f"{r['model']:<12} {r['n']:>6} {r['batch']:>5} {r['certify_forwards_per_s']:>10.0f} "
+        print(f"{r['method']:<6} {r['model']:<12} {r['n']:>6} {r['batch']:>5} {r['certify_forwards_per_s']:>10.0f} "
               f"{r['raw_forwards_per_s']:>10.0f} {r['loop_forwards_per_s']:>10.0f} {r['speedup_vs_loop']:>7.2f} "
               f"{r['fraction_of_raw']:>7.2f}")
     print(path)

@@ -80,7 +80,9 @@ def show(out: Annotated[str, typer.Argument(help="Result store directory.")] = "
          as_json: Annotated[bool, typer.Option("--json", help="Cells as a JSON array (eps as 8/255).")] = False,
          as_csv: Annotated[bool, typer.Option("--csv", help="Cells as CSV (eps as 8/255).")] = False,
          gallery: Annotated[Optional[str], typer.Option("--gallery", help="Write the cells' gallery grids "
-                                                        "(clean | adversarial | perturbation) to OUT.png.")] = None
+                                                        "(clean | adversarial | perturbation) to OUT.png.")] = None,
+         curves: Annotated[Optional[str], typer.Option("--curves", help="Write a certified-accuracy curve PNG per "
+                                                       "certifying cell into this directory.")] = None,
          ) -> None:
     """Cells of a store: a table, --json/--csv for machines, --gallery OUT.png for the adversarial examples."""
     from robustbench_mm import api
@@ -92,6 +94,9 @@ def show(out: Annotated[str, typer.Argument(help="Result store directory.")] = "
     if gallery:
         k = api.show_gallery(out, gallery)
         typer.echo(f"gallery of {k} cells -> {gallery}", err=as_json or as_csv)
+    if curves:
+        paths = api.show_curves(out, curves)
+        typer.echo(f"certified curves of {len(paths)} cells -> {curves}", err=as_json or as_csv)
     df = showmod.cells(api.show(out))
     if as_json:
         typer.echo(showmod.to_json(df))
@@ -99,13 +104,15 @@ def show(out: Annotated[str, typer.Argument(help="Result store directory.")] = "
     if as_csv:
         typer.echo(showmod.to_csv(df), nl=False)
         return
-    if gallery:
+    if gallery or curves:
         return
     from rich.console import Console
     from rich.table import Table
 
     cols = ["model", "attack", "defense", "task", "norm", "eps", "n", "clean_accuracy", "robust_accuracy", "asr",
             "status"]
+    if "certified_accuracy" in df and df["certified_accuracy"].notna().any():
+        cols.insert(-1, "certified_accuracy")
     table = Table(*cols, title=f"{out}: {len(df)} cells")
     for _, r in df.iterrows():
         table.add_row(*(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols))

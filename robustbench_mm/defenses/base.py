@@ -49,6 +49,12 @@ class Defense(ABC):
         """
         return None
 
+    def verdict(self, task: Any, draws: int) -> Any:
+        """The ``Verdict`` that judges this defense's samples (clean and adversarial), or None for the
+        runner's default (fp32, majority of ``draws`` forwards). Smoothing defenses return PREDICT of
+        the smoothed classifier they certify, so certified and attacked are the same classifier."""
+        return None
+
     def check_task(self, task: Any) -> None:
         """Raise ``CapabilityError`` (one line naming a task that works) when this defense cannot be
         evaluated honestly on ``task``; the runner calls it before any model loads."""

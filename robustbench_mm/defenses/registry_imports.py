@@ -2,4 +2,5 @@
 
 from robustbench_mm.defenses import none  # noqa: F401
 from robustbench_mm.defenses.fs_psm import defense as _fs_psm  # noqa: F401,E402
+from robustbench_mm.defenses import rs  # noqa: F401,E402  (after fs: it builds on FeatureSmoothing)
 from robustbench_mm.defenses import crmt, mmcoa, topk_softmax  # noqa: F401  (training defenses, issue 7)

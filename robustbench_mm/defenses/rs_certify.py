@@ -84,24 +84,30 @@ def _noise(x: Tensor, m: int, gens: list[torch.Generator] | None) -> Tensor:
 
 
 @torch.no_grad()
-def class_counts(logit_fn: LogitFn, x: Tensor, sigma: float, draws: int, batch_size: int,
-                 gens: list[torch.Generator] | None) -> Tensor:
-    """``[B, num_classes]`` counts of ``argmax logit_fn(x_i + sigma z)`` over ``draws`` draws per image."""
-    b = len(x)
+def class_counts(logit_fn: LogitFn, x: Tensor, sigma: float, draws: Sequence[int], batch_size: int,
+                 gens: list[torch.Generator] | None) -> list[Tensor]:
+    """Per stage ``s``, ``[B, num_classes]`` counts of ``argmax logit_fn(x_i + sigma z)`` over
+    ``draws[s]`` draws per image. The stages take consecutive, disjoint draws of each image's noise
+    stream (fresh noise for each stage) but share forward passes, so a small batch still fills
+    ``batch_size`` noisy images per call."""
+    b, total = len(x), sum(draws)
+    bounds = torch.tensor([0, *draws]).cumsum(0).tolist()  # stage s owns draws [bounds[s], bounds[s+1])
     per = max(1, batch_size // b)
-    counts: Tensor | None = None
+    counts: list[Tensor] = []
     done = 0
-    while done < draws:
-        m = min(per, draws - done)
+    while done < total:
+        m = min(per, total - done)
         noisy = (x.unsqueeze(1) + sigma * _noise(x, m, gens)).reshape(b * m, *x.shape[1:])
         logits = logit_fn(noisy)
         top = logits.argmax(-1).view(b, m)
-        if counts is None:
-            counts = torch.zeros((b, int(logits.shape[-1])), dtype=torch.long, device=x.device)
-        counts.scatter_add_(1, top, torch.ones_like(top))
+        if not counts:
+            counts = [torch.zeros((b, int(logits.shape[-1])), dtype=torch.long, device=x.device) for _ in draws]
+        for s, c in enumerate(counts):
+            lo, hi = max(bounds[s], done) - done, min(bounds[s + 1], done + m) - done
+            if hi > lo:
+                c.scatter_add_(1, top[:, lo:hi], torch.ones_like(top[:, lo:hi]))
         done += m
-    assert counts is not None
-    return counts.cpu()
+    return [c.cpu() for c in counts]
 
 
 def certify(logit_fn: LogitFn, x: Tensor, *, sigma: float, n0: int = 100, n: int = 2000, alpha: float = 0.001,
@@ -109,8 +115,9 @@ def certify(logit_fn: LogitFn, x: Tensor, *, sigma: float, n0: int = 100, n: int
     """CERTIFY for a batch of images ``x`` ``[B,C,H,W]`` (see the module docstring)."""
     check_budget(sigma, n0, n, alpha, batch_size)
     gens = generators(seeds, len(x), x.device)
-    c_a = class_counts(logit_fn, x, sigma, n0, batch_size, gens).argmax(1)  # selection draws only
-    hits = class_counts(logit_fn, x, sigma, n, batch_size, gens).gather(1, c_a.unsqueeze(1)).squeeze(1)
+    selection, estimation = class_counts(logit_fn, x, sigma, (n0, n), batch_size, gens)
+    c_a = selection.argmax(1)  # chosen on the selection draws only
+    hits = estimation.gather(1, c_a.unsqueeze(1)).squeeze(1)
     p_lower = torch.tensor([clopper_pearson_lower(int(k), n, alpha) for k in hits], dtype=torch.float64)
     abstain = p_lower <= 0.5
     gauss = NormalDist()
@@ -124,7 +131,7 @@ def predict(logit_fn: LogitFn, x: Tensor, *, sigma: float, n: int = 256, alpha: 
             batch_size: int = 1024, seeds: Sequence[int] | None = None) -> Tensor:
     """PREDICT: ``long[B]`` smoothed predictions, ``-1`` where the binomial test does not reject."""
     check_budget(sigma, 1, n, alpha, batch_size)
-    counts = class_counts(logit_fn, x, sigma, n, batch_size, generators(seeds, len(x), x.device))
+    counts = class_counts(logit_fn, x, sigma, (n,), batch_size, generators(seeds, len(x), x.device))[0]
     top2 = counts.topk(min(2, counts.shape[1]), dim=1)
     out = torch.full((len(x),), ABSTAIN, dtype=torch.long)
     for i in range(len(x)):

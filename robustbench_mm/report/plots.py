@@ -57,17 +57,26 @@ def robust_vs_eps(entries: pd.DataFrame, title: str) -> bytes | None:
 
 
 def certified_curves(sound: pd.DataFrame, title: str) -> bytes | None:
-    """Sound certified quantities (mean over samples) against the l2 radius, one axis per quantity."""
+    """Sound certified quantities against the l2 radius, one axis per quantity: the mean over samples
+    (for ``certified_accuracy`` the certified-accuracy curve) and, for cosine bounds such as FCSB, the
+    median and 5% quantile as the FS paper reports them. Quantities given at one radius are skipped."""
     if sound.empty:
         return None
-    quantities = sorted(set(sound["quantity"].astype(str)))
+    radii = sound.groupby(sound["quantity"].astype(str))["radius"].nunique()
+    quantities = sorted(q for q, k in radii.items() if k > 1)
+    if not quantities:
+        return None
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(quantities), figsize=(3.4 * len(quantities), 2.8), squeeze=False)
     for ax, q in zip(axes[0], quantities):
         g = sound[sound["quantity"].astype(str) == q].sort_values("radius")
-        ax.plot(g["radius"], g["mean"], marker="o")
+        ax.plot(g["radius"], g["mean"], marker="o", label="mean")
+        if q.startswith("fcsb") and {"median", "q05"} <= set(g.columns):
+            ax.plot(g["radius"], g["median"], ls="--", label="median")
+            ax.plot(g["radius"], g["q05"], ls=":", label="5% quantile")
+            ax.legend(fontsize=6)
         ax.set_xlabel("l2 radius")
-        ax.set_ylabel(_label(q) + " (mean)")
+        ax.set_ylabel(_label(q))
         ax.grid(alpha=0.3)
     fig.suptitle(_label(title), fontsize=9)
     return _png(fig)

@@ -45,7 +45,8 @@ def evaluate_halving_on_oom(cell: ResolvedCell, model: Any, objective: Any, batc
 
 def evaluate_batch(cell: ResolvedCell, model: Any, objective: Any, batch: Batch) -> list[dict[str, Any]]:
     task, attack = cell.task, cell.attack
-    verdict = Verdict(task, getattr(cell, "verdict_draws", 1))  # clean and adversarial: the same verdict
+    draws = getattr(cell, "verdict_draws", 1)  # clean and adversarial: the same verdict (the defense's, if it has one)
+    verdict = cell.defense.verdict(task, draws) or Verdict(task, draws)
     clean_pred = verdict.predict(model, batch)
     clean_ok = task.correct(batch, clean_pred).cpu()
     x_adv = batch.pixels.clone()

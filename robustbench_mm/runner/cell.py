@@ -18,7 +18,9 @@ from robustbench_mm.models.device import pick_device
 from robustbench_mm.models.zoo import LoadOptions, load_model
 from robustbench_mm.runner import gallery_capture
 from robustbench_mm.runner.batch_eval import evaluate_halving_on_oom
-from robustbench_mm.runner.certified_rows import aggregate_certified, attach_bound, attach_certified, certify_batch
+from robustbench_mm.runner.certified_rows import (
+    aggregate_certified, attach_bound, attach_certified, attach_rs, certify_batch,
+)
 from robustbench_mm.runner.resolve import CellSpec, ResolvedCell, resolve
 from robustbench_mm.runner.resume import Checkpoint, CellProgress
 from robustbench_mm.runner.store import ResultStore
@@ -109,6 +111,7 @@ def evaluate(cell: ResolvedCell, model: Any, device: torch.device, progress: Pro
             cert_frames.append(cert)
             attach_bound(batch_rows, cert, cell)
             attach_certified(batch_rows, cert, cell)
+            attach_rs(batch_rows, cert)
         rows.extend(batch_rows)
         if checkpoint is not None:
             checkpoint.save(CellProgress(k + 1, rows, cert_frames,

@@ -50,6 +50,21 @@ def attach_certified(rows: list[dict[str, Any]], cert: pd.DataFrame, cell: Resol
         r["certified"] = r["index"] in ok
 
 
+RS_COLUMNS = {"rs_radius": float, "p_lower": float, "rs_prediction": int, "rs_abstain": bool}
+
+
+def attach_rs(rows: list[dict[str, Any]], cert: pd.DataFrame) -> None:
+    """Per-sample randomized-smoothing columns (``rs_radius``, ``p_lower``, ``rs_prediction``,
+    ``rs_abstain``) where the defense certified the smoothed classifier; absent otherwise."""
+    if cert.empty or not (cert["quantity"] == "rs_radius").any():
+        return
+    for name, cast in RS_COLUMNS.items():
+        at = cert[cert["quantity"] == name]
+        values = dict(zip(at["index"].astype(int), at["value"].astype(float)))
+        for r in rows:
+            r[name] = cast(values[r["index"]]) if r["index"] in values else float("nan")
+
+
 def aggregate_certified(cell: ResolvedCell, per_sample: pd.DataFrame) -> pd.DataFrame:
     """``certified.parquet`` rows: per radius and quantity, mean/q05/median over samples.
 

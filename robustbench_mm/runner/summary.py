@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 
 from robustbench_mm.runner import provenance
+from robustbench_mm.runner.certified import certified_at
 from robustbench_mm.runner.resolve import ResolvedCell, spec_dict
 from robustbench_mm.runner.scores import score_summary
 from robustbench_mm.runner.stats import wilson_interval
@@ -67,6 +68,7 @@ def summary_row(cell: ResolvedCell, model: Any, device: torch.device, tables: di
         "load_dtype": cell.spec.load_dtype, "device_map": cell.spec.device_map or "",
         "feature_cosine_attacked": attacked_feature_cosine(samples),
         "protocol": getattr(cell, "protocol", ""), "verdict_draws": int(getattr(cell, "verdict_draws", 1)),
+        "certified_accuracy": certified_at(tables.get("certified"), threat["norm"], threat["eps"] or 0.0),
     }
 
 

@@ -69,10 +69,15 @@ def test_certify_rows_contract(clip) -> None:  # type: ignore[no-untyped-def]
     frame = d.certify(d.apply(clip), b, (0.0, 0.1, 5.0))
     assert {"index", "radius", "quantity", "value", "abstain", "mc_samples", "alpha"} <= set(frame.columns)
     assert frame["quantity"].iloc[0] == "fcsb"  # the runner's per-sample bound
-    assert set(frame["radius"]) == {0.0, 0.1, 5.0}  # exact float64 radii: the runner matches eps to 1e-9
-    assert set(frame["quantity"]) == {"fcsb", "certified_accuracy", "s_hat", "s_lo"}
+    fcsb_rows = frame[frame.quantity == "fcsb"]
+    assert set(fcsb_rows["radius"]) == {0.0, 0.1, 5.0}  # exact float64 radii: the runner matches eps to 1e-9
+    curve = set(frame[frame.quantity == "certified_accuracy"]["radius"])
+    assert {0.0, 0.1, 5.0, 4 * SIGMA} <= curve  # the RS curve: preset radii and 0..4 sigma
+    assert set(frame["quantity"]) == {"fcsb", "angle_certified_accuracy", "certified_accuracy", "rs_radius",
+                                      "p_lower", "rs_prediction", "rs_abstain", "s_hat", "s_lo"}
     kind = frame.set_index("quantity")["bound_kind"]
-    assert set(kind.drop("s_hat")) == {"sound"} and set(kind.loc["s_hat"]) == {"estimate"}
+    estimates = ["s_hat", "rs_prediction", "rs_abstain"]  # a point estimate and per-sample labels
+    assert set(kind.drop(estimates)) == {"sound"} and set(kind.loc[estimates]) == {"estimate"}
     f = frame[frame.quantity == "fcsb"].set_index(["index", "radius"])["value"]
     s_lo = frame[frame.quantity == "s_lo"].set_index("index")["value"]
     for i in b.index.tolist():

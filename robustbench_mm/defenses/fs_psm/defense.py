@@ -21,6 +21,8 @@ from robustbench_mm.defenses.fs_psm.psm import (
     PSM, PSMTrainConfig, cache_dirs, cache_key, find_weights, load_or_train, load_psm, train_into,
 )
 from robustbench_mm.defenses.fs_psm.smoothing import Plugin, SmoothingTransform, composite_encoder
+from robustbench_mm.defenses.rs_certify import certify as rs_certify
+from robustbench_mm.defenses.smoothed_class import SmoothedVerdict, curve_radii, rs_rows, zero_shot_logits
 from robustbench_mm.errors import ConfigError
 from robustbench_mm.types import Batch
 
@@ -48,17 +50,20 @@ class FeatureSmoothing(Defense):
 
     def __init__(self, *, sigma: float = 0.25, n_inf: int = 32, n_eot: int = 8, n0: int = 32, n: int = 1000,
                  alpha: float = 0.001, radii: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0),
-                 bound: Literal["hoeffding", "bernstein"] = "hoeffding", seed: int = 0, chunk: int = 0) -> None:
+                 bound: Literal["hoeffding", "bernstein"] = "hoeffding", seed: int = 0, chunk: int = 0,
+                 rs_n0: int = 100, rs_n: int = 2000, predict_n: int = 256) -> None:
         if sigma <= 0:
             raise ConfigError(f"sigma={sigma} must be > 0 (pixel units, e.g. 0.25)")
-        if min(n_inf, n_eot, n0, n) <= 0:
-            raise ConfigError(f"n_inf={n_inf}, n_eot={n_eot}, n0={n0}, n={n} must be positive integers")
+        if min(n_inf, n_eot, n0, n, rs_n0, rs_n, predict_n) <= 0:
+            raise ConfigError(f"n_inf={n_inf}, n_eot={n_eot}, n0={n0}, n={n}, rs_n0={rs_n0}, rs_n={rs_n}, "
+                              f"predict_n={predict_n} must be positive integers")
         if not 0 < alpha < 1:
             raise ConfigError(f"alpha={alpha} must be in (0, 1), e.g. 0.001")
         if any(r < 0 for r in radii):
             raise ConfigError(f"radii={radii} must be >= 0 (l2, pixel units)")
         self.sigma, self.n_inf, self.n_eot, self.n0, self.n = sigma, n_inf, n_eot, n0, n
         self.alpha, self.radii, self.bound, self.seed, self.chunk = alpha, tuple(radii), bound, seed, chunk
+        self.rs_n0, self.rs_n, self.predict_n = rs_n0, rs_n, predict_n
         self.draws_per_forward = n_inf  # each forward already averages n_inf noise draws
 
     # ---- inference ----------------------------------------------------------------------------
@@ -84,7 +89,25 @@ class FeatureSmoothing(Defense):
 
     def describe(self) -> dict[str, Any]:
         return {"defense": self.name, "sigma": self.sigma, "n_inf": self.n_inf, "n_eot": self.n_eot,
-                "n0": self.n0, "n": self.n, "alpha": self.alpha, "bound": self.bound}
+                "n0": self.n0, "n": self.n, "alpha": self.alpha, "bound": self.bound,
+                "rs_n0": self.rs_n0, "rs_n": self.rs_n, "predict_n": self.predict_n}
+
+    # ---- the smoothed classifier (zero-shot tasks) --------------------------------------------
+    def class_logits(self, model: Any, prompts: Any) -> Any:
+        """Base classifier of the smoothed classifier: cosine logits of the defense's encoder."""
+        transform = getattr(model, "feature_transform", None)
+        plugin = transform.plugin if isinstance(transform, SmoothingTransform) else self.plugin(model)
+        return zero_shot_logits(composite_encoder(model.raw_vision_features, self.sigma, plugin),
+                                model.class_weights(prompts))
+
+    def verdict(self, task: Any, draws: int) -> Any:
+        """PREDICT (n = ``predict_n``) of the smoothed classifier that ``certify`` certifies."""
+        if not hasattr(task, "class_prompts"):
+            return None  # generative / multimodal tasks: the runner's majority verdict
+        prompts = task.class_prompts()
+        return SmoothedVerdict(task, max(2, draws), logits_for=lambda m: self.class_logits(m, prompts),
+                               sigma=self.sigma, n=self.predict_n, alpha=self.alpha,
+                               batch_size=self.chunk or 1024, seed=self.seed)
 
     # ---- certification ------------------------------------------------------------------------
     def certify(self, model: Any, batch: Batch, radii: Sequence[float]) -> pd.DataFrame:
@@ -114,7 +137,11 @@ class FeatureSmoothing(Defense):
             pc = certify_prediction(cert.u.cpu(), anchors.cpu(), fcsb)
             correct = (pc.pred == batch.labels.cpu()).unsqueeze(1).expand_as(pc.certified)
             acc = torch.where(pc.certified, correct.double(), torch.full_like(fcsb, ABSTAIN))
-            frames.append(self._rows(batch, radii, "certified_accuracy", acc))
+            frames.append(self._rows(batch, radii, "angle_certified_accuracy", acc))  # FCSB angle test (2.13)
+            rs = rs_certify(self.class_logits(model, prompts), batch.pixels.float(), sigma=self.sigma,
+                            n0=self.rs_n0, n=self.rs_n, alpha=self.alpha, batch_size=self.chunk or 1024,
+                            seeds=[s + 3_333_333 for s in seeds])  # a stream apart from the FCSB one
+            frames.append(rs_rows(rs, batch, sorted(set(radii) | set(curve_radii(self.sigma)))))
         s_hat, s_lo = cert.s_hat.unsqueeze(1), cert.s_lo.unsqueeze(1)
         frames += [self._rows(batch, (0.0,), "s_hat", s_hat), self._rows(batch, (0.0,), "s_lo", s_lo)]
         return pd.concat(frames, ignore_index=True)
