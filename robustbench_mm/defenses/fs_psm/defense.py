@@ -178,9 +178,10 @@ class FeatureSmoothingPSM(FeatureSmoothing):
                  train_sigmas: tuple[float, ...] = (0.25, 0.5), purifier_steps: int = 150, mapper_steps: int = 200,
                  train_batch: int = 32, lr: float = 1e-3, lambda_u: float = 1.0, hidden: int = 256,
                  purifier_width: int = 32, use_purifier: bool = True, finetune_purifier: bool = True,
-                 train_seed: int = 0, train_images: int = 20000, train_if_missing: bool = True) -> None:
+                 train_seed: int = 0, train_images: int = 20000, train_if_missing: bool = True,
+                 rs_n0: int = 100, rs_n: int = 2000, predict_n: int = 256) -> None:
         super().__init__(sigma=sigma, n_inf=n_inf, n_eot=n_eot, n0=n0, n=n, alpha=alpha, radii=radii, bound=bound,
-                         seed=seed, chunk=chunk)
+                         seed=seed, chunk=chunk, rs_n0=rs_n0, rs_n=rs_n, predict_n=predict_n)
         self.train_config = PSMTrainConfig(tuple(train_sigmas), purifier_steps, mapper_steps, train_batch, lr,
                                            lambda_u, hidden, purifier_width, use_purifier, finetune_purifier,
                                            train_seed, train_images)
