@@ -44,7 +44,8 @@ def _run(tmp_path: Path, defense: str, task: str, eps: float) -> tuple[pd.DataFr
 def test_no_sample_certified_and_broken_and_no_cosine_below_its_bound(tmp_path: Path, defense: str, task: str,
                                                                       eps: float, kind: str) -> None:
     samples, certified = _run(tmp_path, defense, task, eps)
-    point = certified["quantity"] == "s_hat"  # a point estimate, never a bound
+    # a point estimate and the per-sample RS labels (prediction, abstention): never bounds
+    point = certified["quantity"].isin(["s_hat", "rs_prediction", "rs_abstain"])
     assert (certified.loc[point, "bound_kind"] == "estimate").all()
     assert (certified.loc[~point, "bound_kind"] == kind).all(), certified[["quantity", "bound_kind"]].drop_duplicates()
     broken = samples["success"].astype(bool)
