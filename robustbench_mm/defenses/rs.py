@@ -13,8 +13,6 @@ import pandas as pd
 
 from robustbench_mm.defenses.base import DEFENSES
 from robustbench_mm.defenses.fs_psm.defense import FeatureSmoothing
-from robustbench_mm.defenses.rs_certify import certify as rs_certify
-from robustbench_mm.defenses.smoothed_class import curve_radii, rs_rows
 from robustbench_mm.errors import CapabilityError, ConfigError
 from robustbench_mm.types import Batch
 
@@ -46,7 +44,4 @@ class RandomizedSmoothing(FeatureSmoothing):
         prompts = batch.extra.get("class_prompts")
         if prompts is None or not hasattr(model, "class_weights"):
             raise ConfigError("rs certifies zero-shot classifiers only; the batch carries no class prompts")
-        seeds = [self.seed * 1_000_003 + int(i) + 1 + 3_333_333 for i in batch.index.tolist()]
-        cert = rs_certify(self.class_logits(model, prompts), batch.pixels.float(), sigma=self.sigma, n0=self.rs_n0,
-                          n=self.rs_n, alpha=self.alpha, batch_size=self.chunk or 1024, seeds=seeds)
-        return rs_rows(cert, batch, sorted({float(r) for r in radii} | set(curve_radii(self.sigma))))
+        return self.rs_certify_rows(model, prompts, batch, radii)

@@ -110,6 +110,17 @@ class FeatureSmoothing(Defense):
                                batch_size=self.chunk or 1024, seed=self.seed)
 
     # ---- certification ------------------------------------------------------------------------
+    def certify_seeds(self, batch: Batch) -> list[int]:
+        """Per-sample certification seeds (by sample index: a sample's noise does not depend on its batch)."""
+        return [self.seed * 1_000_003 + int(i) + 1 for i in batch.index.tolist()]
+
+    def rs_certify_rows(self, model: Any, prompts: Any, batch: Batch, radii: Sequence[float]) -> pd.DataFrame:
+        """CERTIFY rows of the smoothed classifier at ``radii`` and along the 0..4 sigma curve."""
+        cert = rs_certify(self.class_logits(model, prompts), batch.pixels.float(), sigma=self.sigma, n0=self.rs_n0,
+                          n=self.rs_n, alpha=self.alpha, batch_size=self.chunk or 1024,
+                          seeds=[s + 3_333_333 for s in self.certify_seeds(batch)])  # a stream apart from FCSB's
+        return rs_rows(cert, batch, sorted({float(r) for r in radii} | set(curve_radii(self.sigma))))
+
     def certify(self, model: Any, batch: Batch, radii: Sequence[float]) -> pd.DataFrame:
         """Per example and radius: ``fcsb`` (first, the runner's per-sample bound),
         ``certified_accuracy`` (zero-shot CLIP, when ``batch.extra['class_prompts']`` is set), and at
@@ -126,7 +137,7 @@ class FeatureSmoothing(Defense):
         plugin = transform.plugin if isinstance(transform, SmoothingTransform) else self.plugin(model)
         encoder = composite_encoder(model.raw_vision_features, self.sigma, plugin)
         radii = tuple(float(r) for r in radii)
-        seeds = [self.seed * 1_000_003 + int(i) + 1 for i in batch.index.tolist()]
+        seeds = self.certify_seeds(batch)
         cert = certify_fs(encoder, batch.pixels, sigma=self.sigma, n0=self.n0, n=self.n, alpha=self.alpha,
                           radii=radii, bound=self.bound, seeds=seeds, chunk=self.chunk)
         fcsb = cert.fcsb
@@ -138,10 +149,7 @@ class FeatureSmoothing(Defense):
             correct = (pc.pred == batch.labels.cpu()).unsqueeze(1).expand_as(pc.certified)
             acc = torch.where(pc.certified, correct.double(), torch.full_like(fcsb, ABSTAIN))
             frames.append(self._rows(batch, radii, "angle_certified_accuracy", acc))  # FCSB angle test (2.13)
-            rs = rs_certify(self.class_logits(model, prompts), batch.pixels.float(), sigma=self.sigma,
-                            n0=self.rs_n0, n=self.rs_n, alpha=self.alpha, batch_size=self.chunk or 1024,
-                            seeds=[s + 3_333_333 for s in seeds])  # a stream apart from the FCSB one
-            frames.append(rs_rows(rs, batch, sorted(set(radii) | set(curve_radii(self.sigma)))))
+            frames.append(self.rs_certify_rows(model, prompts, batch, radii))
         s_hat, s_lo = cert.s_hat.unsqueeze(1), cert.s_lo.unsqueeze(1)
         frames += [self._rows(batch, (0.0,), "s_hat", s_hat), self._rows(batch, (0.0,), "s_lo", s_lo)]
         return pd.concat(frames, ignore_index=True)
