@@ -9,6 +9,7 @@ procedure (``attacks.verdict``) decides clean correctness and breaks.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -154,6 +155,7 @@ def benchmark_module(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "lin
     from robustbench_mm.attacks.guard import check_valid
     from robustbench_mm.attacks.objectives import ModuleObjective
     from robustbench_mm.attacks.verdict import DEFAULT_DRAWS, VERDICT_KEY, Verdict, check_draws, is_randomized
+    from robustbench_mm.attacks.verdict_rule import BreakLedger, member_broken, published_correct
     from robustbench_mm.runner.stats import wilson_interval
     from robustbench_mm.types import Batch
 
@@ -185,26 +187,31 @@ def benchmark_module(model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "lin
         idx = torch.arange(start, min(start + batch_size, len(x)))
         batch = Batch(pixels=x[idx.to(device)], labels=y[idx.to(device)], index=idx)
         clean_ok = verdict.correct(model, batch)
-        by = [""] * len(batch)
+        by, wrong = [""] * len(batch), [0] * len(batch)
         xa = batch.pixels.clone()
         if bool(clean_ok.any()):
             sub = batch.select(clean_ok.to(device))
             sub.seeds = seed * 1_000_003 + sub.index
-            sub.extra[VERDICT_KEY] = verdict
+            ledger = BreakLedger(attack.name)  # every break a check decides (the sticky rule's input)
+            sub.extra[VERDICT_KEY] = dataclasses.replace(verdict, ledger=ledger)
             gen = torch.Generator().manual_seed(seed)
             res = attack.perturb(model, sub, objective, generator=gen)
             check_valid(sub.pixels, res.pixels, norm, eps)  # type: ignore[arg-type]
             pos = clean_ok.nonzero().flatten()
             xa[pos.to(device)] = res.pixels
-            for r, name in zip(pos.tolist(), res.broken_by or []):
-                by[r] = name
-        adv_ok = verdict.correct(model, batch.with_pixels(xa)) & clean_ok
+            for r, name, w in zip(pos.tolist(), *ledger.rows(sub.index)):
+                by[r], wrong[r] = name, w
+        _, fraction = verdict.judge(model, batch.with_pixels(xa))
+        final_ok = (fraction > 0.5).cpu() & clean_ok  # correct in more than half of the final draws
+        adv_ok = published_correct(protocol.verdict_rule, clean_ok, final_ok, member_broken(by, len(batch)) & clean_ok)
         adv[idx.to(device)] = xa
         for i in range(len(batch)):
             broken = bool(clean_ok[i]) and not bool(adv_ok[i])
             rows.append({"index": int(idx[i]), "label": int(batch.labels[i]), "clean_correct": bool(clean_ok[i]),
                          "adv_correct": bool(adv_ok[i]), "success": broken,
                          "broken_by": (by[i] or attack.name) if broken else "",
+                         "broken_draws": wrong[i] if broken and by[i] else 0,
+                         "correct_draw_fraction": float(fraction[i]), "final_adv_correct": bool(final_ok[i]),
                          "linf": float((xa[i] - batch.pixels[i]).abs().max())})
     samples = pd.DataFrame(rows)
     n = len(samples)

@@ -195,7 +195,7 @@ def run_sanity(model_name: str, defense: str = "none", n: int = 64, *, task: str
     from robustbench_mm.attacks.verdict import DEFAULT_DRAWS, Verdict
     from robustbench_mm.models.zoo import LoadOptions, load_model
     from robustbench_mm.models.device import pick_device
-    from robustbench_mm.runner.protocol import load_protocol
+    from robustbench_mm.runner.protocol import LATEST, load_protocol
     from robustbench_mm.runner.resolve import CellSpec, resolve
 
     def resolved(name: str) -> Any:
@@ -219,7 +219,7 @@ def run_sanity(model_name: str, defense: str = "none", n: int = 64, *, task: str
         return verdict.correct(model, sub.with_pixels(pixels))
 
     # EOT as the rand protocol attacks: every step averages >= its eot_draws noise draws
-    rand = load_protocol("rand-v1")
+    rand = load_protocol(LATEST["rand"])
     setting = Setting(model, cell.task.objective(None), sub, is_correct, eps, steps, seed, randomized=randomized,
                       eot=rand.eot_for(cell.defense) or 16)
     if other is not None:  # a fresh copy of the model: a defense may wrap or change the one it is given

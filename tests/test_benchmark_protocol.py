@@ -115,7 +115,7 @@ def test_benchmark_fs_auto_picks_rand_with_k_draw_verdicts(tmp_path: Path) -> No
     from robustbench_mm.benchmarking import plan
 
     protocol, chosen, specs = plan("clip-tiny", defense="fs", n=4)
-    assert chosen == "rand" and protocol.id == "mm-aa/rand/v1" and len(specs) == 2
+    assert chosen == "rand" and protocol.id == "mm-aa/rand/v2" and len(specs) == 2
     out = tmp_path / "store"
     res = _cli("benchmark", "--model", "clip-tiny", "--defense", "fs", "--n", "4", "--norm", "linf",
                "--version", str(proto), "--out", str(out))

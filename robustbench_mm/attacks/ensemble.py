@@ -129,6 +129,8 @@ def run_in_sequence(model: Any, batch: Batch, objective: Objective, runs: list[t
             nonlocal queries
             sub = batch if alive is None else batch.select(alive)
             progress.member(attack.name)
+            if verdict.ledger is not None:  # breaks the verdict decides during this member are charged to it
+                verdict.ledger.stage = attack.name or type(attack).__name__.lower()
             res = attack.perturb(model, sub, attack.prepare(model, sub, obj), generator=generator)
             queries += res.queries
             with torch.no_grad():  # the task objective, comparable across runs

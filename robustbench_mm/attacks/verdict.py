@@ -18,12 +18,13 @@ test in fp32, one draw.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
 from torch import Tensor
 
+from robustbench_mm.attacks.verdict_rule import BreakLedger
 from robustbench_mm.errors import ConfigError
 from robustbench_mm.types import Batch
 
@@ -54,6 +55,8 @@ class Verdict:
 
     task: Any = None
     draws: int = 1
+    # every break this verdict decides is written here (the sticky rule reads it); None = not recorded
+    ledger: BreakLedger | None = field(default=None, compare=False)
 
     @property
     def exact_in_search(self) -> bool:
@@ -75,15 +78,21 @@ class Verdict:
         """A prediction per sample that agrees with the majority verdict (the one the tables record):
         deterministic models return their one fp32 prediction; randomized ones the first draw whose
         correctness matches the majority."""
+        return self.judge(model, batch)[0]
+
+    def judge(self, model: Any, batch: Batch) -> tuple[Tensor | list[str], Tensor]:
+        """``predict`` and, per sample, the fraction of the verdict's draws that were correct
+        (float ``[B]``, CPU; 0 or 1 for one deterministic draw or one PREDICT outcome)."""
         oks, preds = self.votes(model, batch)
-        if self.draws == 1:
-            return preds[0]  # type: ignore[no-any-return]
+        fraction = oks.float().mean(0)
+        if len(preds) == 1:
+            return preds[0], fraction
         correct = majority(oks)
         pick = (oks == correct[None]).int().argmax(dim=0)  # first draw agreeing with the majority
         if isinstance(preds[0], Tensor):
             stacked = torch.stack([p.cpu() for p in preds])
-            return stacked.gather(0, pick[None]).squeeze(0)
-        return [preds[int(d)][i] for i, d in enumerate(pick.tolist())]
+            return stacked.gather(0, pick[None]).squeeze(0), fraction
+        return [preds[int(d)][i] for i, d in enumerate(pick.tolist())], fraction
 
     def correct(self, model: Any, batch: Batch) -> Tensor:
         """Bool ``[B]`` (CPU): correct by the majority of draws."""
@@ -91,15 +100,24 @@ class Verdict:
 
     def broken(self, model: Any, pixels: Tensor, batch: Batch, objective: Any = None) -> Tensor:
         """Bool ``[B]`` on ``pixels.device``: the (clean-correct) sample is broken at ``pixels``."""
+        return self.broken_counts(model, pixels, batch, objective)[0]
+
+    def broken_counts(self, model: Any, pixels: Tensor, batch: Batch, objective: Any = None) -> tuple[Tensor, Tensor]:
+        """``broken`` and, per sample, how many of the draws were wrong (int ``[B]``), on ``pixels.device``."""
         pixels = pixels.detach()
         if self.task is not None:
-            return (~self.correct(model, batch.with_pixels(pixels))).to(pixels.device)
-        test = success_test(objective)
-        if test is None:
-            raise ValueError("this objective cannot tell success; give the verdict a task")
-        with fp32_forward(pixels.device):
-            wins = torch.stack([test(model, pixels.float(), batch).bool() for _ in range(self.draws)])
-        return wins.int().sum(0) * 2 > self.draws
+            oks = self.votes(model, batch.with_pixels(pixels))[0]
+            broken, wrong = (~majority(oks)).to(pixels.device), (~oks).int().sum(0).to(pixels.device)
+        else:
+            test = success_test(objective)
+            if test is None:
+                raise ValueError("this objective cannot tell success; give the verdict a task")
+            with fp32_forward(pixels.device):
+                wrong = torch.stack([test(model, pixels.float(), batch).bool() for _ in range(self.draws)]).int().sum(0)
+            broken = wrong * 2 > self.draws
+        if self.ledger is not None:
+            self.ledger.record(batch.index, broken, wrong)
+        return broken, wrong
 
     def confirm(self, model: Any, pixels: Tensor, batch: Batch, objective: Any, nominated: Tensor) -> Tensor:
         """The nominated rows that the verdict breaks (others stay False); only they are re-evaluated."""

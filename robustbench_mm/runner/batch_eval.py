@@ -4,6 +4,7 @@ An out-of-memory batch is split in halves and retried with identical results."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Callable
 
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 
 from robustbench_mm.attacks.guard import check_valid, perturbation_norms
 from robustbench_mm.attacks.verdict import VERDICT_KEY, Verdict
+from robustbench_mm.attacks.verdict_rule import DEFAULT_RULE, BreakLedger, member_broken, published_correct
 from robustbench_mm.runner import gallery_capture
 from robustbench_mm.runner.resolve import ResolvedCell
 from robustbench_mm.runner.scores import add_sample_scores
@@ -47,16 +49,18 @@ def evaluate_batch(cell: ResolvedCell, model: Any, objective: Any, batch: Batch)
     task, attack = cell.task, cell.attack
     draws = getattr(cell, "verdict_draws", 1)  # clean and adversarial: the same verdict (the defense's, if it has one)
     verdict = cell.defense.verdict(task, draws) or Verdict(task, draws)
+    ledger = BreakLedger(attack.name)  # every break a check decides during the attack (the sticky rule's input)
     clean_pred = verdict.predict(model, batch)
     clean_ok = task.correct(batch, clean_pred).cpu()
     x_adv = batch.pixels.clone()
     by_member = [""] * len(batch)
+    member_draws = [0] * len(batch)  # wrong draws of the check that first broke the sample
     verdict_model = model
     grad_norm = torch.full((len(batch),), float("nan"))
     if bool(clean_ok.any()):
         sub = batch.select(clean_ok.to(batch.pixels.device))
         sub.seeds = cell.spec.seed * 1_000_003 + sub.index  # per-example attack randomness
-        sub.extra[VERDICT_KEY] = verdict  # attacks stop on a sample only when this verdict breaks it
+        sub.extra[VERDICT_KEY] = dataclasses.replace(verdict, ledger=ledger)  # attacks stop on a sample only when it breaks it
         if BEFORE_ATTACK_HOOK is not None:
             BEFORE_ATTACK_HOOK(model, sub)
         grad_norm[clean_ok] = input_gradient_norms(model, sub, objective)
@@ -66,22 +70,25 @@ def evaluate_batch(cell: ResolvedCell, model: Any, objective: Any, batch: Batch)
         if not torch.isfinite(result.loss).all():
             raise FloatingPointError("attack objective became NaN/inf; the cell's numbers would be meaningless")
         x_adv[clean_ok.nonzero().flatten().to(x_adv.device)] = result.pixels.to(x_adv.dtype)
-        if result.broken_by is not None:
-            for r, name in zip(clean_ok.nonzero().flatten().tolist(), result.broken_by):
-                by_member[r] = name
+        names, wrong = ledger.rows(sub.index)
+        for r, name, w in zip(clean_ok.nonzero().flatten().tolist(), names, wrong):
+            by_member[r], member_draws[r] = name, w
         # text-side attacks (text-embed) are judged with the adversarial class embeddings
         verdict_model = attack.verdict_model(model) if hasattr(attack, "verdict_model") else model
     adv_batch = batch.with_pixels(x_adv)
-    adv_pred = verdict.predict(verdict_model, adv_batch)  # fp32 verdict (k fresh draws if randomized)
+    adv_pred, draw_fraction = verdict.judge(verdict_model, adv_batch)  # fp32 verdict (k fresh draws if randomized)
     if verdict_model is not model and isinstance(adv_pred, torch.Tensor):  # unattacked rows keep clean preds
         adv_pred = torch.where(clean_ok, adv_pred.cpu(), torch.as_tensor(clean_pred).cpu())
+    # robust = right before and after the attack: a sample the clean model gets wrong is never robust,
+    # even if a randomized defense happens to get its (unattacked) re-prediction right
+    final_ok = task.correct(batch, adv_pred).cpu() & clean_ok
+    rule = getattr(cell, "verdict_rule", DEFAULT_RULE)
+    held = member_broken(by_member, len(batch)) & clean_ok  # a member's verdict broke it: sticky keeps it broken
+    adv_ok = published_correct(rule, clean_ok, final_ok, held)
     if getattr(attack, "targeted", False):  # targeted ASR: the output is the attacker's target
         success = clean_ok & task.targeted_success(batch, adv_pred).cpu()
     else:
-        success = task.success(batch, clean_ok, adv_pred).cpu()
-    # robust = right before and after the attack: a sample the clean model gets wrong is never robust,
-    # even if a randomized defense happens to get its (unattacked) re-prediction right
-    adv_ok = task.correct(batch, adv_pred).cpu() & clean_ok
+        success = task.success(batch, clean_ok, adv_pred).cpu() | (clean_ok & ~adv_ok)
     linf, l2 = perturbation_norms(batch.pixels, x_adv)
     with torch.no_grad():
         cos = F.cosine_similarity(model.encode_image(batch.pixels).float(), model.encode_image(x_adv).float(), dim=-1)
@@ -98,6 +105,8 @@ def evaluate_batch(cell: ResolvedCell, model: Any, objective: Any, batch: Batch)
             "certified_bound": float("nan"), "grad_norm": float(grad_norm[i]),
             "certified": False,
             "broken_by": (by_member[i] or attack.name) if bool(success[i]) else "",
+            "broken_draws": member_draws[i] if by_member[i] and bool(success[i]) else 0,
+            "correct_draw_fraction": float(draw_fraction[i]), "final_adv_correct": bool(final_ok[i]),
         })
     return out
 

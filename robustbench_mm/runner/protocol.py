@@ -23,6 +23,7 @@ import yaml
 from robustbench_mm.attacks.base import ATTACKS, check_threat
 from robustbench_mm.attacks.objectives import has_logits
 from robustbench_mm.attacks.verdict import DEFAULT_DRAWS, check_draws
+from robustbench_mm.attacks.verdict_rule import LEGACY_RULE, check_rule
 from robustbench_mm.defenses.base import DEFENSES
 from robustbench_mm.errors import ConfigError, UnknownNameError
 from robustbench_mm.presets import Preset, build, load_preset, parse_number, presets_root, validate_params
@@ -31,8 +32,8 @@ from robustbench_mm.tasks.base import TASKS
 
 VERSIONS = ("auto", "standard", "rand")
 FAMILIES = ("classification", "generative")
-LATEST = {"standard": "standard-v1", "rand": "rand-v1"}
-_TOP_KEYS = {"name", "id", "version", "description", "verdict_draws", "eot_draws", *FAMILIES}
+LATEST = {"standard": "standard-v2", "rand": "rand-v2"}
+_TOP_KEYS = {"name", "id", "version", "description", "verdict_draws", "verdict_rule", "eot_draws", *FAMILIES}
 _FAMILY_KEYS = {"members", "rescales_logits", "threat_models"}
 
 
@@ -58,6 +59,7 @@ class Protocol:
     families: Mapping[str, FamilyPlan]
     path: str
     eot_draws: int | None = None  # random draws per gradient step for randomized defenses (None: presets' eot)
+    verdict_rule: str = LEGACY_RULE  # attacks.verdict_rule: sticky from v2 on; a file without the key is v1's final
 
     def eot_for(self, defense: Any) -> int | None:
         """Members' EOT evaluations per step against ``defense``: ``ceil(eot_draws / d)`` where one
@@ -82,6 +84,8 @@ class Protocol:
         members = sorted({m for f in self.families.values() for m in (*f.members, *f.rescales_logits)})
         return {"id": self.id, "version": self.version, "verdict_draws": self.verdict_draws,
                 **({"eot_draws": self.eot_draws} if self.eot_draws is not None else {}),
+                # v1 files (final rule) keep their hash, so their published cells stay resumable
+                **({"verdict_rule": self.verdict_rule} if self.verdict_rule != LEGACY_RULE else {}),
                 "members": {m: load_preset("attack", m, ATTACKS).config() for m in members}}
 
 
@@ -132,7 +136,11 @@ def load_protocol(ref: str) -> Protocol:
     eot_draws = data.get("eot_draws")
     if eot_draws is not None and (not isinstance(eot_draws, int) or isinstance(eot_draws, bool) or eot_draws <= 0):
         raise ConfigError(f"{path}: eot_draws={eot_draws!r} must be a positive integer (random draws per step)")
-    return Protocol(data["name"], data["id"], version, draws, families, str(path), eot_draws)
+    try:
+        rule = check_rule(data.get("verdict_rule", LEGACY_RULE))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return Protocol(data["name"], data["id"], version, draws, families, str(path), eot_draws, rule)
 
 
 def _family(raw: Any, where: str) -> FamilyPlan:

@@ -11,6 +11,7 @@ from robustbench_mm.attacks.adaptive import WithMarginLoss, needs_margin
 from robustbench_mm.attacks.base import ATTACKS, Attack
 from robustbench_mm.attacks.objectives import has_logits
 from robustbench_mm.attacks.verdict import DEFAULT_DRAWS, check_draws
+from robustbench_mm.attacks.verdict_rule import DEFAULT_RULE
 from robustbench_mm.defenses.base import DEFENSES, Defense
 from robustbench_mm.errors import CapabilityError, ConfigError
 from robustbench_mm.models.device import pick_device
@@ -78,6 +79,7 @@ class ResolvedCell:
     certify: bool
     verdict_draws: int = 1  # draws of the verdict procedure (1 = one fp32 forward; k for randomized defenses)
     protocol: str = ""  # protocol id recorded in the tables, e.g. mm-aa/standard/v1
+    verdict_rule: str = DEFAULT_RULE  # how member verdicts and the final one combine (attacks.verdict_rule)
 
     def config(self) -> dict[str, Any]:
         """Everything that determines the cell's numbers (hashed into ``cell_id``)."""
@@ -133,12 +135,15 @@ def resolve(spec: CellSpec) -> ResolvedCell:
     config = cell_config(entry, attack_preset, defense_preset, task_preset, spec)
     config["certify"] = certify
     draws = verdict_draws(spec, defense, protocol)
-    if draws > 1:  # randomized defenses: the verdict's draws determine the numbers
+    rule = protocol.verdict_rule if protocol is not None else DEFAULT_RULE
+    if draws > 1:  # randomized defenses: the verdict's draws (and, outside a protocol, its rule) set the numbers
         config["verdict_draws"] = draws
+        if protocol is None:
+            config["verdict_rule"] = rule
     if protocol is not None:
         config["protocol"] = protocol.config()
     return ResolvedCell(spec, model_name, entry, attack_preset, defense_preset, task_preset, attack, defense, task,
-                        stable_hash(config), certify, draws, protocol.id if protocol is not None else "")
+                        stable_hash(config), certify, draws, protocol.id if protocol is not None else "", rule)
 
 
 def verdict_draws(spec: CellSpec, defense: Defense, protocol: Any = None) -> int:

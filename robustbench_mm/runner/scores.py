@@ -2,7 +2,8 @@
 
 ``clean_score`` / ``adv_score`` are the task's metric (VQA accuracy, CIDEr-D, or 0/1 accuracy) on
 the clean and on the adversarial input of each sample; samples the clean model gets wrong are not
-attacked, so their adversarial input is the clean image. The ``asr.parquet`` row also records the
+attacked, so their adversarial input is the clean image. Under the sticky verdict rule a sample a
+member broke scores 0 on a 0/1 metric even when the final fresh draws got it right. The ``asr.parquet`` row also records the
 metric's name, the correctness threshold on it, and the prompt template the model family got.
 """
 
@@ -30,6 +31,10 @@ def add_sample_scores(task: Task, batch: Batch, rows: list[dict[str, Any]]) -> l
         values = task.score(batch, preds).double().cpu().tolist()
         for r, v in zip(rows, values):
             r[f"{side}_score"] = float(v)
+    if str(getattr(task, "metric", "accuracy") or "accuracy") == "accuracy":
+        for r in rows:  # broken by a member's verdict (sticky rule), right in the final draws: scored broken
+            if r.get("final_adv_correct") and not r["adv_correct"]:
+                r["adv_score"] = 0.0
     return rows
 
 

@@ -68,6 +68,7 @@ def summary_row(cell: ResolvedCell, model: Any, device: torch.device, tables: di
         "load_dtype": cell.spec.load_dtype, "device_map": cell.spec.device_map or "",
         "feature_cosine_attacked": attacked_feature_cosine(samples),
         "protocol": getattr(cell, "protocol", ""), "verdict_draws": int(getattr(cell, "verdict_draws", 1)),
+        "verdict_rule": str(getattr(cell, "verdict_rule", "")),
         "certified_accuracy": certified_at(tables.get("certified"), threat["norm"], threat["eps"] or 0.0),
     }
 
