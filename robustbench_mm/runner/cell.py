@@ -19,7 +19,7 @@ from robustbench_mm.models.zoo import LoadOptions, load_model
 from robustbench_mm.runner import gallery_capture
 from robustbench_mm.runner.batch_eval import evaluate_halving_on_oom
 from robustbench_mm.runner.certified_rows import (
-    aggregate_certified, attach_bound, attach_certified, attach_rs, certify_batch,
+    aggregate_certified, attach_bound, attach_certified, attach_rs, certify_batch, only_clean_correct,
 )
 from robustbench_mm.runner.resolve import CellSpec, ResolvedCell, resolve
 from robustbench_mm.runner.resume import Checkpoint, CellProgress
@@ -107,7 +107,7 @@ def evaluate(cell: ResolvedCell, model: Any, device: torch.device, progress: Pro
         batch = batch.to(device)
         batch_rows = evaluate_halving_on_oom(cell, defended, objective, batch)
         if cell.certify:
-            cert = certify_batch(cell, defended, batch)
+            cert = only_clean_correct(certify_batch(cell, defended, batch), batch_rows)
             cert_frames.append(cert)
             attach_bound(batch_rows, cert, cell)
             attach_certified(batch_rows, cert, cell)

@@ -26,6 +26,22 @@ def certify_batch(cell: ResolvedCell, model: Any, batch: Batch) -> pd.DataFrame:
     return frame
 
 
+def only_clean_correct(cert: pd.DataFrame, rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Certified accuracy counts a sample only if the table's clean verdict also got it right: a
+    certificate of a prediction the evaluated classifier does not make (for randomized smoothing,
+    CERTIFY and PREDICT draw different noise and may disagree) certifies nobody in the tables. Such
+    rows become 0 (abstentions stay NaN, which also counts as not certified)."""
+    if cert.empty:
+        return cert
+    wrong = {int(r["index"]) for r in rows if not r["clean_correct"]}
+    mask = (cert["quantity"] == "certified_accuracy") & cert["index"].astype(int).isin(wrong) & cert["value"].notna()
+    if not bool(mask.any()):
+        return cert
+    cert = cert.copy()
+    cert.loc[mask, "value"] = 0.0
+    return cert
+
+
 def attach_bound(rows: list[dict[str, Any]], cert: pd.DataFrame, cell: ResolvedCell) -> None:
     """Per-sample certified bound at the attack's l2 radius (first quantity the defense reports)."""
     if cell.attack.norm != "l2" or cert.empty:
@@ -38,8 +54,8 @@ def attach_bound(rows: list[dict[str, Any]], cert: pd.DataFrame, cell: ResolvedC
 
 
 def attach_certified(rows: list[dict[str, Any]], cert: pd.DataFrame, cell: ResolvedCell) -> None:
-    """``certified``: the sample's prediction has a *sound* certificate at the attack's l2 radius
-    (``certified_accuracy`` = 1 with ``bound_kind`` sound); estimates never count."""
+    """``certified``: the sample is clean-correct and its prediction has a *sound* certificate at the
+    attack's l2 radius (``certified_accuracy`` = 1 with ``bound_kind`` sound); estimates never count."""
     if cell.attack.norm != "l2" or cert.empty:
         return
     kind = cert["bound_kind"] if "bound_kind" in cert else pd.Series("estimate", index=cert.index)
@@ -47,7 +63,7 @@ def attach_certified(rows: list[dict[str, Any]], cert: pd.DataFrame, cell: Resol
               & ((cert["radius"] - float(cell.attack.eps)).abs() < 1e-9) & (cert["value"] == 1.0)]
     ok = set(at["index"].astype(int))
     for r in rows:
-        r["certified"] = r["index"] in ok
+        r["certified"] = bool(r["clean_correct"]) and r["index"] in ok
 
 
 RS_COLUMNS = {"rs_radius": float, "p_lower": float, "rs_prediction": int, "rs_abstain": bool}
