@@ -77,6 +77,22 @@ def test_grid_checks_every_cell_before_the_first_runs(tmp_path: Path, no_load: N
     assert code == 2 and "--n 0" in err and not out_dir.exists()
 
 
+@pytest.mark.parametrize("attack,needle", [("text-embed", "zero-shot classification task"),
+                                           ("aa-white", "apgd-t needs a classification objective"),
+                                           ("ta-square", "needs a classification task"),
+                                           ("mf-it", "mf-it needs a text tower")])
+def test_grid_rejects_an_attack_the_task_cannot_take_before_any_cell(
+        attack: str, needle: str, tmp_path: Path, no_load: None, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """An attack that cannot attack a task (found when the cell ran, after earlier cells had written
+    their rows) is now a resolve-time error: the grid writes nothing."""
+    out_dir = tmp_path / "store"
+    code, _, err = _main(monkeypatch, capsys, "grid", "--models", "llava-tiny", "--attacks", f"pgd,{attack}",
+                         "--tasks", "fmnist-vqa", "--n", "2", "--out", str(out_dir))
+    assert code == 2 and f"grid cell llava-tiny / {attack}" in err and needle in err and "nothing was run" in err, err
+    assert not out_dir.exists()
+
+
 def test_grid_preset_skips_only_pairs_of_a_product(monkeypatch: pytest.MonkeyPatch) -> None:
     """zoo-clean lists tasks for both families: each model keeps the tasks it can do."""
     from robustbench_mm import api

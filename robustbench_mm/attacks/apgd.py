@@ -265,10 +265,13 @@ class APGDTargeted(APGD):
             raise ConfigError(f"n_targets={n_targets} must be a positive integer")
         self.n_targets = n_targets
 
-    def perturb(self, model: Any, batch: Batch, objective: Objective, *, generator: torch.Generator) -> AttackResult:
+    def check_task(self, objective: Objective, capabilities: frozenset[str]) -> None:
         if not has_logits(objective):
             raise CapabilityError("apgd-t needs a classification objective (class logits); "
                                   "use apgd or pgd for generative or embedding tasks")
+
+    def perturb(self, model: Any, batch: Batch, objective: Objective, *, generator: torch.Generator) -> AttackResult:
+        self.check_task(objective, frozenset())
         base: Any = objective
         base = base.with_loss(base.loss, targeted=False) if getattr(base, "targeted", False) else base
         x = batch.pixels.detach()

@@ -37,6 +37,11 @@ class Attack(ABC):
     # Traits the runner reads for adaptive evaluation and provenance.
     uses_eot: bool = False
 
+    def check_task(self, objective: Objective, capabilities: frozenset[str]) -> None:
+        """Raise ``CapabilityError`` when this attack cannot attack the task whose objective is
+        ``objective`` on a model with ``capabilities``. The resolver calls it for every cell, so a
+        grid with one impossible cell is rejected before any cell runs; attacks re-check at run time."""
+
     def prepare(self, model: Any, batch: Batch, objective: Objective) -> Objective:
         """The objective this attack maximises on ``batch``: the task's by default; embedding
         attacks replace it (e.g. with the cosine to the clean features, computed here)."""

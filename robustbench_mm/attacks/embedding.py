@@ -208,6 +208,11 @@ class MFit(FeatureAttack):
         self.target_text, self.surrogate = target_text, surrogate
         self._surrogate_model: Any = None
 
+    def check_task(self, objective: Any, capabilities: frozenset[str]) -> None:
+        if capabilities and "classify" not in capabilities and self.surrogate is None:
+            raise CapabilityError("mf-it needs a text tower, which this model family lacks: "
+                                  "set params.surrogate to a CLIP model (e.g. clip-vit-l-14-336)")
+
     def _clip(self, model: Any, device: torch.device) -> tuple[Any, Any]:
         """(text-capable CLIP, image encoder used by the objective; None = the victim itself)."""
         if "classify" in getattr(model, "capabilities", frozenset()):

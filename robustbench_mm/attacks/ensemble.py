@@ -76,6 +76,10 @@ class Ensemble(LogitsCall, Attack):
             return objective.with_loss(loss, targeted=False)
         return objective
 
+    def check_task(self, objective: Objective, capabilities: frozenset[str]) -> None:
+        for m in self.members:
+            m.check_task(self.member_objective(m, objective), capabilities)
+
     def perturb(self, model: Any, batch: Batch, objective: Objective, *, generator: torch.Generator) -> AttackResult:
         runs = [(m, self.member_objective(m, objective)) for m in self.members]
         return run_in_sequence(model, batch, objective, runs, generator)

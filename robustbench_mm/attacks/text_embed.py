@@ -185,12 +185,17 @@ class TextEmbedAttack(Attack):
         self.norm, self.eps = None, None
         self._adversarial: AdversarialPromptModel | None = None
 
-    def perturb(self, model: Any, batch: Batch, objective: Objective, *, generator: torch.Generator) -> AttackResult:
+    def check_task(self, objective: Objective, capabilities: frozenset[str]) -> None:
         prompts = getattr(objective, "class_prompts", None)
         if not has_logits(objective) or prompts is None:
-            raise CapabilityError("text-embed needs a zero-shot classification task (class prompts)")
+            raise CapabilityError("text-embed needs a zero-shot classification task (class prompts), "
+                                  "e.g. --task fmnist-zeroshot with a CLIP model")
         if not isinstance(prompts[0], str):
             raise CapabilityError("text-embed supports one template per class (no prompt ensembles)")
+
+    def perturb(self, model: Any, batch: Batch, objective: Objective, *, generator: torch.Generator) -> AttackResult:
+        self.check_task(objective, frozenset())
+        prompts = getattr(objective, "class_prompts")
         with torch.no_grad():
             img = model.vision_features(batch.pixels).float()
         res = text_embedding_attack(model, prompts, img, labels=batch.labels, norm=self.text_norm, eps=self.text_eps,

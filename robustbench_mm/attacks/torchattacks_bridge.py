@@ -205,9 +205,12 @@ class TorchattacksBridge(LogitsCall, Attack):
             x_adv[idx] = self._run(RowMatchedLogits(model, objective, rows, str(self.norm)), rows, generator)
         return x_adv
 
-    def perturb(self, model: Any, batch: Batch, objective: Objective, *, generator: torch.Generator) -> AttackResult:
+    def check_task(self, objective: Objective, capabilities: frozenset[str]) -> None:
         if not has_logits(objective):
             raise CapabilityError(f"torchattacks.{self.cls_name} needs a classification task (class logits)")
+
+    def perturb(self, model: Any, batch: Batch, objective: Objective, *, generator: torch.Generator) -> AttackResult:
+        self.check_task(objective, frozenset())
         if callable(getattr(objective, "bind", None)):
             x_adv = self._run_row_bound(model, objective, batch, generator)
         else:

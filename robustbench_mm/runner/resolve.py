@@ -128,6 +128,7 @@ def resolve(spec: CellSpec) -> ResolvedCell:
         task.bind_family(entry.family)
     check_n(spec, task)
     check_targeted(attack, task)
+    attack.check_task(task.objective(getattr(attack, "loss", None)), FAMILY_CAPABILITIES[entry.family])
     attack_preset, attack = adaptive_margin(attack_preset, attack, defense, task)
     certify = defense.certifies if spec.certify is None else spec.certify
     if certify and not defense.certifies:
