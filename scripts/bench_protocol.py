@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from robustbench_mm.runner import provenance
+from robustbench_mm.runner.protocol import LATEST, load_protocol
 
 log = logging.getLogger("bench_protocol")
 
@@ -178,7 +179,7 @@ def main() -> None:
             rows.append(row)
     dev = provenance.device_name(device)
     doc = {"device": dev, "created_at": provenance.now(), "git_commit": provenance.git_commit(),
-           "versions": provenance.versions(), "protocol": "mm-aa/standard/v1",
+           "versions": provenance.versions(), "protocol": load_protocol(LATEST["standard"]).id,
            "command": "python scripts/bench_protocol.py " + " ".join(
                f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()), "rows": rows}
     kind = "cpu" if device.type == "cpu" else "gpu"
