@@ -129,3 +129,12 @@ def test_carried_entries_keep_their_samples(cli, release: Path, tmp_path: Path) 
 def test_verify_with_stores_is_refused(cli, release: Path) -> None:  # type: ignore[no-untyped-def]
     code, _, err = cli("leaderboard", "store", "--verify", str(release))
     assert code == 2, err
+
+
+def test_a_real_cell_verifies(cli, real_store: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    write_release([real_store], tmp_path / "real")
+    (s,) = (tmp_path / "real" / "samples").iterdir()
+    assert {"clean_text", "adv_text"} <= set(pd.read_parquet(s).columns)
+    code, out, err = cli("leaderboard", "--verify", str(tmp_path / "real"))
+    assert code == 0, err
+    assert "verified 1 entries" in out
