@@ -189,6 +189,14 @@ def leaderboard(run_dirs: list[str | Path], *, out: str | Path = "results/leader
     return summary, (compare(before, summary["entries"]) if before is not None else None)
 
 
+def verify_release(release: str | Path) -> Any:
+    """Re-derive every entry of the release at ``release`` from its ``samples/`` rows; returns a
+    ``report.verify.Verification`` (``.ok``, ``.entries``, ``.mismatch``: the first difference)."""
+    from robustbench_mm.report.verify import verify
+
+    return verify(release)
+
+
 def show_gallery(out: str | Path, png: str | Path) -> int:
     """Write the stacked gallery grids of a store's cells to ``png``; returns the number of cells shown."""
     from robustbench_mm.report.show import write_gallery

@@ -53,9 +53,16 @@ def leaderboard(run_dirs: Annotated[Optional[list[str]], typer.Argument(
                                     "rows, pages and images as they were; ranks recomputed).")] = None,
                 baseline: Annotated[Optional[str], typer.Option(
                     "--baseline", help="A release's entries.parquet: print what changed; exit 1 on a "
-                                       "robust accuracy outside its 95% interval.")] = None) -> None:
+                                       "robust accuracy outside its 95% interval.")] = None,
+                verify: Annotated[Optional[str], typer.Option(
+                    "--verify", help="A release folder: re-derive every entry from its samples/ rows and "
+                                     "build nothing; exit 1 on the first difference.")] = None) -> None:
     """Build the ranked leaderboard release (entries.parquet, index.html, detail pages) from protocol stores."""
     from robustbench_mm import api
+
+    if verify is not None:
+        _verify(verify, bool(run_dirs or carry or baseline))
+        return
 
     summary, comparison = api.leaderboard(list(run_dirs or []), out=out, baseline=baseline, carry=carry)
     kept = f" ({summary['carried']} carried from {carry})" if carry else ""
@@ -74,6 +81,20 @@ def leaderboard(run_dirs: Annotated[Optional[list[str]], typer.Argument(
         typer.echo(f"error: {len(comparison.regressions)} regression(s) beyond the release's 95% interval: "
                    + "; ".join(comparison.regressions), err=True)
         raise typer.Exit(1)
+
+
+def _verify(release: str, other_args: bool) -> None:
+    from robustbench_mm import api
+    from robustbench_mm.errors import ConfigError
+
+    if other_args:
+        raise ConfigError("--verify checks a release and builds nothing; give it without stores, --carry or "
+                          "--baseline")
+    result = api.verify_release(release)
+    if not result.ok:
+        typer.echo(f"error: {release} does not verify: {result.mismatch.line()}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"verified {result.entries} entries of {release} from their samples")
 
 
 def show(out: Annotated[str, typer.Argument(help="Result store directory.")] = "results/runs/default",

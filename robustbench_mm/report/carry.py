@@ -3,7 +3,7 @@
 Why: the stores behind a release are large and machine-local, so they are not committed. When a
 later session (re)builds some entries, the others can only come from the committed release itself.
 A carried entry keeps its row (numbers, commit, creation time) and its files (detail page, gallery,
-certified plot) byte for byte; only its rank depends on the other entries, so the rank is
+certified plot, samples file) byte for byte; only its rank depends on the other entries, so the rank is
 recomputed, in the table and in the page's "Rank k of m" line. An entry that a store holds replaces
 the carried one (a store is the newer measurement).
 """
@@ -33,7 +33,8 @@ def entry_key(row: dict[str, Any] | pd.Series) -> tuple[Any, ...]:
 def _files(e: dict[str, Any]) -> list[str]:
     """The release files that belong to one entry alone (plots shared by entries are redrawn)."""
     stem = Path(e["detail"]).stem
-    return [e["detail"], f"gallery/{stem}.png", f"plots/{stem}--certified.png"]
+    # samples/: absent in releases made before per-sample rows were written (v1); copied when there
+    return [e["detail"], f"gallery/{stem}.png", f"plots/{stem}--certified.png", f"samples/{stem}.parquet"]
 
 
 def read_release(path: str | Path, exclude: Iterable[tuple[Any, ...]] = ()) -> pd.DataFrame:

@@ -1,7 +1,9 @@
 """Write a leaderboard release folder (``results/leaderboard/v1/``) from protocol stores.
 
 Everything is rendered into a temporary folder beside ``out`` and swapped in at the end, so bad
-input or a crash leaves the previous release untouched. A ``manifest.yaml`` already in ``out``
+input or a crash leaves the previous release untouched. Every entry built from a store gets its
+per-sample rows in ``samples/<slug>.parquet`` (``report/samples.py``), so its numbers can be
+re-derived (``report/verify.py``). A ``manifest.yaml`` already in ``out``
 (the commands that made the stores) is carried over. With ``carry``, the entries of an earlier
 release that no store holds are kept (``report/carry.py``).
 """
@@ -22,7 +24,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
 from robustbench_mm.errors import StoreError
-from robustbench_mm.report import cards, carry as carry_mod, plots
+from robustbench_mm.report import cards, carry as carry_mod, plots, samples as samples_mod
 from robustbench_mm.report.budget import fmt_eps, slug
 from robustbench_mm.report.entries import GROUP, Board, build, columns, rank, sanity_checks, sound_rows
 from robustbench_mm.report.gallery import cell_gallery
@@ -147,7 +149,7 @@ def _swap(tmp: Path, out: Path) -> None:
 def _render(board: Board, root: Path, *, has_manifest: bool, carry: Path | None = None) -> int:
     env, base = environment(), _page_globals()
     entries = board.entries
-    for sub in ("entries", "cards", "plots", "gallery"):
+    for sub in ("entries", "cards", "plots", "gallery", samples_mod.FOLDER):
         (root / sub).mkdir()
     entries.to_parquet(root / "entries.parquet", index=False)
     (root / "schema.json").write_text((Path(__file__).parent / "schema.json").read_text())
@@ -166,6 +168,7 @@ def _render(board: Board, root: Path, *, has_manifest: bool, carry: Path | None 
         group_size = int(sizes[tuple(e[k] for k in GROUP)])  # "rank r of k" on the entry's page
         if Path(e["detail"]).stem in board.cells:
             _detail(env, base, board, e, group_size, robust_plots, root)
+            samples_mod.write(board.cells[Path(e["detail"]).stem], e, root)
         else:  # an entry of the --carry release: its page and images as they were, with its new rank
             assert carry is not None
             carry_mod.copy_entry(carry, root, e, group_size)

@@ -43,9 +43,10 @@ def add_cell(store: ResultStore, cell_id: str, *, model: str = "clip-tiny", atta
              certified: list[tuple[str, float, float, str]] | None = None, status: str = "ok",
              protocol: str | None = PROTOCOL, unreliable: bool = False, sanity: dict[str, str] | None = None,
              gallery: bool = True, created_at: str = "2026-01-01T00:00:00+00:00", schema_version: int = 1,
-             git_commit: str = "abc123def4567890") -> None:
+             git_commit: str = "abc123def4567890", certified_samples: list[bool] | None = None) -> None:
     """One committed cell; ``clean``/``adv``: per-sample correctness (adv defaults to clean);
-    ``certified``: (quantity, radius, mean, bound_kind) rows; ``protocol=None`` leaves the column out."""
+    ``certified``: (quantity, radius, mean, bound_kind) rows; ``protocol=None`` leaves the column out;
+    ``certified_samples``: the per-sample sound ``certified`` flag (the column is left out without it)."""
     clean = clean if clean is not None else [True] * n
     n = len(clean)
     adv = adv if adv is not None else list(clean)
@@ -54,6 +55,8 @@ def add_cell(store: ResultStore, cell_id: str, *, model: str = "clip-tiny", atta
                             "clean_correct": clean, "adv_correct": [a and c for a, c in zip(adv, clean)],
                             "success": success, "linf": eps, "l2": 0.1, "feature_cosine": 0.9,
                             "certified_bound": float("nan")})
+    if certified_samples is not None:
+        samples["certified"] = certified_samples
     if protocol is not None:
         samples["broken_by"] = [("apgd-ce" if i % 2 else "apgd-t") if s else "" for i, s in enumerate(success)]
     k, m = int(samples["success"].sum()), int(samples["clean_correct"].sum())
