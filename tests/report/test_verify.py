@@ -138,3 +138,18 @@ def test_a_real_cell_verifies(cli, real_store: Path, tmp_path: Path) -> None:  #
     code, out, err = cli("leaderboard", "--verify", str(tmp_path / "real"))
     assert code == 0, err
     assert "verified 1 entries" in out
+
+
+COMMITTED = sorted(p for p in (Path(__file__).resolve().parents[2] / "results" / "leaderboard").glob("v*")
+                   if (p / "entries.parquet").is_file())
+
+
+@pytest.mark.parametrize("committed", COMMITTED, ids=[p.name for p in COMMITTED])
+def test_every_committed_release_verifies_or_says_it_predates_samples(cli, committed: Path) -> None:  # type: ignore[no-untyped-def]
+    """A committed release with per-sample rows re-derives exactly; one without (v1, published before
+    they were written) is refused with that reason, never passed."""
+    code, out, err = cli("leaderboard", "--verify", str(committed))
+    if (committed / "samples").is_dir():
+        assert code == 0 and "verified" in out, err
+    else:
+        assert code == 1 and "no per-sample rows" in err, out + err
