@@ -4,7 +4,11 @@ and the one they call certified are the same object (docs/certificates.md).
 
 Base classifier ``f(x') = argmax_c <normalize(E(x')), t_c>`` with ``E`` the defense's deterministic
 encoder (plain, or ``M(E(P(.)))`` with PSM) and ``t_c`` the unit class embeddings; the noise is in
-[0,1] pixel units (the adapters normalise inside ``raw_vision_features``, after the noise)."""
+[0,1] pixel units (the adapters normalise inside ``raw_vision_features``, after the noise).
+
+On multimodal classification (image + a fixed description per sample) the base classifier is the
+task's fused logits with the same deterministic encoder; only the image is smoothed and certified,
+the description stays the sample's own."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from torch import Tensor
 
 from robustbench_mm.attacks.verdict import Verdict, fp32_forward
 from robustbench_mm.defenses.rs_certify import LogitFn, RSCertificate, predict
+from robustbench_mm.tasks.crmt_task import fused_text_logits
 from robustbench_mm.types import Batch
 
 RS_QUANTITIES = ("certified_accuracy", "rs_radius", "p_lower", "rs_abstain")
@@ -28,6 +33,20 @@ def zero_shot_logits(encoder: Callable[[Tensor], Tensor], anchors: Tensor) -> Lo
     """Cosine logits of the (noisy) pixels against unit class embeddings ``anchors`` ``[C,D]``."""
     def logits(noisy: Tensor) -> Tensor:
         return F.normalize(encoder(noisy).flatten(1).float(), dim=-1) @ anchors.to(noisy.device).T
+    return logits
+
+
+def described_logits(base_model: Any, texts: Sequence[str], class_prompts: Sequence[str]) -> LogitFn:
+    """Fused logits of noisy copies of ``len(texts)`` images: the noise loops hand over ``[B*m]``
+    pixels image-major (image ``i``'s ``m`` draws in a row), so row ``j`` carries ``texts[j // m]``.
+    ``base_model``'s vision features must be the deterministic base encoder (no smoothing inside)."""
+    b = len(texts)
+
+    def logits(noisy: Tensor) -> Tensor:
+        if len(noisy) % b:
+            raise ValueError(f"{len(noisy)} noisy images for {b} descriptions; expected a multiple")
+        m = len(noisy) // b
+        return fused_text_logits(base_model, noisy, [t for t in texts for _ in range(m)], class_prompts).float()
     return logits
 
 
@@ -65,7 +84,7 @@ class SmoothedVerdict(Verdict):
     model as randomized for the attacks; PREDICT itself uses ``n`` draws per sample, seeded by the
     sample's index (the same noise for its clean and adversarial verdicts)."""
 
-    logits_for: Callable[[Any], LogitFn] | None = None
+    logits_for: Callable[[Any, Batch], LogitFn] | None = None  # (model, batch) -> base classifier
     sigma: float = 0.25
     n: int = 256
     alpha: float = 0.001
@@ -76,6 +95,6 @@ class SmoothedVerdict(Verdict):
         assert self.logits_for is not None
         seeds = [self.seed * 1_000_003 + VERDICT_SEED_OFFSET + int(i) for i in batch.index.tolist()]
         with fp32_forward(batch.pixels.device):
-            pred = predict(self.logits_for(model), batch.pixels.float(), sigma=self.sigma, n=self.n, alpha=self.alpha,
+            pred = predict(self.logits_for(model, batch), batch.pixels.float(), sigma=self.sigma, n=self.n, alpha=self.alpha,
                            batch_size=self.batch_size, seeds=seeds)
         return self.task.correct(batch, pred).cpu().bool().unsqueeze(0), [pred]

@@ -69,10 +69,11 @@ def zero_shot_fusion_logits(model: Any, pixels: Tensor, texts: Sequence[str], cl
 
 
 def fused_logits(model: Any, pixels: Tensor, batch: Batch, class_prompts: Sequence[str]) -> Tensor:
-    return _fused(model, pixels, list(batch.extra["texts"]), class_prompts)  # type: ignore[arg-type]
+    return fused_text_logits(model, pixels, list(batch.extra["texts"]), class_prompts)  # type: ignore[arg-type]
 
 
-def _fused(model: Any, pixels: Tensor, texts: list[str], class_prompts: Sequence[str]) -> Tensor:
+def fused_text_logits(model: Any, pixels: Tensor, texts: list[str], class_prompts: Sequence[str]) -> Tensor:
+    """Fused logits ``[B,C]`` of ``pixels`` with one description per row (``texts[i]`` for ``pixels[i]``)."""
     if hasattr(model, "fused_logits"):
         return model.fused_logits(pixels, texts)  # type: ignore[no-any-return]
     return zero_shot_fusion_logits(model, pixels, texts, class_prompts)
@@ -98,7 +99,7 @@ class FusedObjective(LogitsObjectiveMixin):
     def logits(self, model: Any, pixels: Tensor) -> Tensor:
         if self.texts is None or len(self.texts) != len(pixels):
             raise ValueError("FusedObjective.logits needs the objective bound to the same rows (bind(batch))")
-        return _fused(model, pixels, list(self.texts), self.class_prompts)
+        return fused_text_logits(model, pixels, list(self.texts), self.class_prompts)
 
     def loss_and_success(self, model: Any, pixels: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
         return LogitsObjectiveMixin.loss_and_success(self.bind(batch), model, pixels, batch)

@@ -22,7 +22,9 @@ from robustbench_mm.defenses.fs_psm.psm import (
 )
 from robustbench_mm.defenses.fs_psm.smoothing import Plugin, SmoothingTransform, composite_encoder
 from robustbench_mm.defenses.rs_certify import certify as rs_certify
-from robustbench_mm.defenses.smoothed_class import SmoothedVerdict, curve_radii, rs_rows, zero_shot_logits
+from robustbench_mm.defenses.smoothed_class import (
+    SmoothedVerdict, curve_radii, described_logits, rs_rows, zero_shot_logits,
+)
 from robustbench_mm.errors import ConfigError
 from robustbench_mm.types import Batch
 
@@ -95,17 +97,30 @@ class FeatureSmoothing(Defense):
     # ---- the smoothed classifier (zero-shot tasks) --------------------------------------------
     def class_logits(self, model: Any, prompts: Any) -> Any:
         """Base classifier of the smoothed classifier: cosine logits of the defense's encoder."""
-        transform = getattr(model, "feature_transform", None)
-        plugin = transform.plugin if isinstance(transform, SmoothingTransform) else self.plugin(model)
-        return zero_shot_logits(composite_encoder(model.raw_vision_features, self.sigma, plugin),
+        return zero_shot_logits(composite_encoder(model.raw_vision_features, self.sigma, self._plugin_of(model)),
                                 model.class_weights(prompts))
+
+    def base_classifier(self, model: Any, prompts: Any, batch: Batch) -> Any:
+        """The smoothed classifier's base ``f`` for ``batch``: zero-shot cosine logits, or on
+        multimodal tasks (``batch.extra['texts']``) the fused logits with each sample's own text."""
+        texts = batch.extra.get("texts")
+        if texts is None:
+            return self.class_logits(model, prompts)
+        plugin, sigma = self._plugin_of(model), self.sigma
+        base = copy.copy(model)  # the deterministic encoder in place of the smoothing (weights shared)
+        base.feature_transform = lambda raw, px: composite_encoder(raw, sigma, plugin)(px)
+        return described_logits(base, list(texts), prompts)  # type: ignore[arg-type]
+
+    def _plugin_of(self, model: Any) -> Plugin | None:
+        transform = getattr(model, "feature_transform", None)
+        return transform.plugin if isinstance(transform, SmoothingTransform) else self.plugin(model)
 
     def verdict(self, task: Any, draws: int) -> Any:
         """PREDICT (n = ``predict_n``) of the smoothed classifier that ``certify`` certifies."""
         if not hasattr(task, "class_prompts"):
-            return None  # generative / multimodal tasks: the runner's majority verdict
+            return None  # generative tasks: the runner's majority verdict
         prompts = task.class_prompts()
-        return SmoothedVerdict(task, max(2, draws), logits_for=lambda m: self.class_logits(m, prompts),
+        return SmoothedVerdict(task, max(2, draws), logits_for=lambda m, b: self.base_classifier(m, prompts, b),
                                sigma=self.sigma, n=self.predict_n, alpha=self.alpha,
                                batch_size=self.chunk or 1024, seed=self.seed)
 
@@ -116,7 +131,7 @@ class FeatureSmoothing(Defense):
 
     def rs_certify_rows(self, model: Any, prompts: Any, batch: Batch, radii: Sequence[float]) -> pd.DataFrame:
         """CERTIFY rows of the smoothed classifier at ``radii`` and along the 0..4 sigma curve."""
-        cert = rs_certify(self.class_logits(model, prompts), batch.pixels.float(), sigma=self.sigma, n0=self.rs_n0,
+        cert = rs_certify(self.base_classifier(model, prompts, batch), batch.pixels.float(), sigma=self.sigma, n0=self.rs_n0,
                           n=self.rs_n, alpha=self.alpha, batch_size=self.chunk or 1024,
                           seeds=[s + 3_333_333 for s in self.certify_seeds(batch)])  # a stream apart from FCSB's
         return rs_rows(cert, batch, sorted({float(r) for r in radii} | set(curve_radii(self.sigma))))
@@ -133,9 +148,7 @@ class FeatureSmoothing(Defense):
         All images are certified in one batched Monte Carlo loop with noise drawn on their device,
         seeded by (``seed``, dataset index), so a sample's certificate does not depend on the batch.
         """
-        transform = getattr(model, "feature_transform", None)
-        plugin = transform.plugin if isinstance(transform, SmoothingTransform) else self.plugin(model)
-        encoder = composite_encoder(model.raw_vision_features, self.sigma, plugin)
+        encoder = composite_encoder(model.raw_vision_features, self.sigma, self._plugin_of(model))
         radii = tuple(float(r) for r in radii)
         seeds = self.certify_seeds(batch)
         cert = certify_fs(encoder, batch.pixels, sigma=self.sigma, n0=self.n0, n=self.n, alpha=self.alpha,
@@ -143,12 +156,13 @@ class FeatureSmoothing(Defense):
         fcsb = cert.fcsb
         frames = [self._rows(batch, radii, "fcsb", fcsb)]
         prompts = batch.extra.get("class_prompts")
-        if prompts is not None and hasattr(model, "class_weights"):
+        if prompts is not None and hasattr(model, "class_weights") and "texts" not in batch.extra:
             anchors = model.class_weights(prompts).to(fcsb.device)
             pc = certify_prediction(cert.u.cpu(), anchors.cpu(), fcsb)
             correct = (pc.pred == batch.labels.cpu()).unsqueeze(1).expand_as(pc.certified)
             acc = torch.where(pc.certified, correct.double(), torch.full_like(fcsb, ABSTAIN))
             frames.append(self._rows(batch, radii, "angle_certified_accuracy", acc))  # FCSB angle test (2.13)
+        if prompts is not None and hasattr(model, "class_weights"):  # the angle test is image-only; rs covers fusion
             frames.append(self.rs_certify_rows(model, prompts, batch, radii))
         s_hat, s_lo = cert.s_hat.unsqueeze(1), cert.s_lo.unsqueeze(1)
         frames += [self._rows(batch, (0.0,), "s_hat", s_hat), self._rows(batch, (0.0,), "s_lo", s_lo)]
