@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 
@@ -204,20 +204,23 @@ def show_gallery(out: str | Path, png: str | Path) -> int:
     return write_gallery(out, show(out), png)
 
 
-def show_curves(out: str | Path, directory: str | Path) -> list[Path]:
+def show_curves(out: str | Path, directory: str | Path, cell_ids: Sequence[str] | None = None) -> list[Path]:
     """One certified-curve PNG per certifying cell of a store (sound rows only: certified accuracy
-    against the l2 radius, FCSB median / 5% quantile), written to ``directory``; returns the paths."""
+    against the l2 radius, FCSB median / 5% quantile), written to ``directory``; returns the paths.
+    ``cell_ids`` limits it to those cells."""
     from robustbench_mm.report import plots
     from robustbench_mm.report.entries import sound_rows
 
     show(out)  # validates the store
     cert = ResultStore(out).open().read("certified")
     target = Path(directory)
-    target.mkdir(parents=True, exist_ok=True)
     written = []
     for cell_id, rows in (sound_rows(cert).groupby("cell_id") if not cert.empty else []):
+        if cell_ids is not None and cell_id not in cell_ids:
+            continue
         png = plots.certified_curves(rows, f"{rows['model'].iloc[0]} / {rows['defense'].iloc[0]} (sound bounds)")
         if png:
+            target.mkdir(parents=True, exist_ok=True)  # only when there is a curve to write
             path = target / f"{cell_id}--certified.png"
             path.write_bytes(png)
             written.append(path)

@@ -35,4 +35,7 @@ def print_summary(summary: Any, out: str) -> None:
     typer.echo(f"clean {r['clean_accuracy']:.3f}  robust {r['robust_accuracy']:.3f}  "
                f"ASR {r['asr']:.3f} [{r['asr_low']:.3f}, {r['asr_high']:.3f}]  "
                f"max_linf {r['max_linf']:.4f}  {r['samples_per_s']:.1f} samples/s")
+    cert = r.get("certified_accuracy", float("nan"))
+    if cert == cert:  # not NaN: a sound class certificate at the threat model's l2 radius
+        typer.echo(f"certified {cert:.3f} at l2 {r['eps']:.4f} (sound; clean-correct samples only)")
     typer.echo(f"-> {out}/asr.parquet, {out}/samples.parquet (cell {summary.cell_id})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -35,6 +36,9 @@ def run(model: Model, attack: AttackOpt = "pgd", defense: DefenseOpt = "none", t
     with progress_reporter(f"{cell.entry.name} / {cell.attack.name} / {cell.defense.name}", total) as reporter:
         summary = api.run_cell(cell, out=out, force=force, progress=reporter.advance)
     print_summary(summary, out)
+    if summary.status == "ok":
+        for path in api.show_curves(out, Path(out) / "curves", cell_ids=[summary.cell_id]):
+            typer.echo(f"-> {path} (certified-accuracy curve)")
 
 
 def grid(preset: Annotated[Optional[str], typer.Option("--preset", help="Grid preset (`mmrobust list grids`); its "
