@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Protocol
 class Reporter(Protocol):
     def advance(self, k: int) -> None: ...
 
-    def member(self, name: str) -> None: ...
+    def member(self, name: str, alive: int | None = None) -> None: ...
 
 
 _CURRENT: contextvars.ContextVar[Reporter | None] = contextvars.ContextVar("mmrobust_progress", default=None)
@@ -33,11 +33,11 @@ def reporting(reporter: Reporter) -> Iterator[Reporter]:
         _CURRENT.reset(token)
 
 
-def member(name: str) -> None:
-    """An ensemble starts running ``name`` on the current batch."""
+def member(name: str, alive: int | None = None) -> None:
+    """An ensemble starts running ``name`` on the current batch, on ``alive`` samples still standing."""
     reporter = _CURRENT.get()
     if reporter is not None:
-        reporter.member(name)
+        reporter.member(name, alive)
 
 
 def eta_seconds(done: int, total: int, elapsed: float) -> float | None:
@@ -84,6 +84,6 @@ class LogReporter:
         self.done += k
         self._maybe(force=self.done >= self.total)
 
-    def member(self, name: str) -> None:
+    def member(self, name: str, alive: int | None = None) -> None:
         self.current = name
         self._maybe()

@@ -132,7 +132,7 @@ def run_in_sequence(model: Any, batch: Batch, objective: Objective, runs: list[t
         def run(alive: Tensor | None) -> RunResult:
             nonlocal queries
             sub = batch if alive is None else batch.select(alive)
-            progress.member(attack.name)
+            progress.member(attack.name, len(sub))
             if verdict.ledger is not None:  # breaks the verdict decides during this member are charged to it
                 verdict.ledger.stage = attack.name or type(attack).__name__.lower()
             res = attack.perturb(model, sub, attack.prepare(model, sub, obj), generator=generator)

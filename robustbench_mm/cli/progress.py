@@ -31,7 +31,7 @@ class RichReporter:
     def advance(self, k: int) -> None:
         self.bar.advance(self.job, k)
 
-    def member(self, name: str) -> None:
+    def member(self, name: str, alive: int | None = None) -> None:
         self.bar.update(self.job, description=f"{self.label} [{name}]")
 
 

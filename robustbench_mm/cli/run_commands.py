@@ -36,7 +36,7 @@ def run(model: Model, attack: AttackOpt = "pgd", defense: DefenseOpt = "none", t
     with progress_reporter(f"{cell.entry.name} / {cell.attack.name} / {cell.defense.name}", total) as reporter:
         summary = api.run_cell(cell, out=out, force=force, progress=reporter.advance)
     print_summary(summary, out)
-    if summary.status == "ok":
+    if summary.status == "ok" and (Path(out) / "certified.parquet").is_file():
         for path in api.show_curves(out, Path(out) / "curves", cell_ids=[summary.cell_id]):
             typer.echo(f"-> {path} (certified-accuracy curve)")
 
