@@ -31,6 +31,21 @@ def run_cell(spec: CellSpec | ResolvedCell, *, out: str | Path = DEFAULT_OUT, fo
         return _run_cell(cell, store=store, force=force, progress=progress)
 
 
+def shard_size(cell: ResolvedCell) -> int:
+    """Samples the cell evaluates here: ``--n``, or its ``--shard i/k``'s part of them."""
+    from robustbench_mm.runner.shards import parse_shard, shard_size as size
+
+    return size(int(cell.spec.n or 0), cell.spec.batch_size, parse_shard(cell.spec.shard))
+
+
+def merge_shards(stores: Sequence[str | Path], out: str | Path, *, force: bool = False) -> list[str]:
+    """``mmrobust merge``: the shard stores of one run -> one store equal to the run without
+    ``--shard`` (same per-sample rows, certificates and aggregates); returns the merged cell ids."""
+    from robustbench_mm.runner.merge import merge_shard_stores
+
+    return merge_shard_stores(stores, out, force=force)
+
+
 def run_grid(cells: list[ResolvedCell], *, out: str | Path = DEFAULT_OUT, force: bool = False,
              on_cell: Callable[..., None] | None = None, progress: Callable[[int], None] | None = None,
              executor: str = "local", address: str | None = None) -> list[CellSummary]:

@@ -15,6 +15,7 @@ from robustbench_mm.cli.app import STATE, app, main, store_app
 app.command()(run_commands.run)
 app.command()(results_commands.benchmark)
 app.command()(run_commands.grid)
+app.command()(run_commands.merge)
 app.command("list")(inspect_commands.list_cmd)
 app.command()(results_commands.show)
 app.command()(training_commands.train)

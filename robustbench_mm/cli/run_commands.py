@@ -9,7 +9,7 @@ import typer
 
 from robustbench_mm.cli.options import (
     AttackOpt, BatchOpt, CompileOpt, DefenseOpt, DeviceMapOpt, DeviceOpt, DtypeOpt, EpsOpt, LoadDtypeOpt, Model,
-    NOpt, NormOpt, OutOpt, PickleOpt, RemoteOpt, RevisionOpt, SeedOpt, StepsOpt, TaskOpt, cell_spec,
+    NOpt, NormOpt, OutOpt, PickleOpt, RemoteOpt, RevisionOpt, SeedOpt, ShardOpt, StepsOpt, TaskOpt, cell_spec,
 )
 from robustbench_mm.cli.output import cell_line, print_summary, progress_reporter
 
@@ -23,16 +23,17 @@ def run(model: Model, attack: AttackOpt = "pgd", defense: DefenseOpt = "none", t
                                                         "certified bounds; default: on for defenses that certify "
                                                         "(fs, fs-psm).")] = None,
         allow_pickle: PickleOpt = False, trust_remote_code: RemoteOpt = False, compile: CompileOpt = False,
-        load_dtype: LoadDtypeOpt = "fp32", revision: RevisionOpt = None, device_map: DeviceMapOpt = None) -> None:
+        load_dtype: LoadDtypeOpt = "fp32", revision: RevisionOpt = None, device_map: DeviceMapOpt = None,
+        shard: ShardOpt = None) -> None:
     """Run one cell (model x attack x defense x task) and write its rows to the store."""
     from robustbench_mm import api
 
     spec = cell_spec(model, attack, defense, task, eps=eps, norm=norm, steps=steps, n=n, seed=seed,
                  batch_size=batch_size, device=device, dtype=dtype, certify=certify, allow_pickle=allow_pickle,
                  trust_remote_code=trust_remote_code, compile=compile, load_dtype=load_dtype, revision=revision,
-                 device_map=device_map)
+                 device_map=device_map, shard=shard)
     cell = api.resolve_cell(spec)  # every check before any weights load or the store is touched
-    total = cell.spec.n or 0
+    total = api.shard_size(cell)
     with progress_reporter(f"{cell.entry.name} / {cell.attack.name} / {cell.defense.name}", total) as reporter:
         summary = api.run_cell(cell, out=out, force=force, progress=reporter.advance)
     print_summary(summary, out)
@@ -56,7 +57,8 @@ def grid(preset: Annotated[Optional[str], typer.Option("--preset", help="Grid pr
          out: OutOpt = "results/runs/default",
          force: Annotated[bool, typer.Option("--force", help="Recompute cells the store already has.")] = False,
          allow_pickle: PickleOpt = False, trust_remote_code: RemoteOpt = False, compile: CompileOpt = False,
-         load_dtype: LoadDtypeOpt = "fp32", revision: RevisionOpt = None, device_map: DeviceMapOpt = None) -> None:
+         load_dtype: LoadDtypeOpt = "fp32", revision: RevisionOpt = None, device_map: DeviceMapOpt = None,
+         shard: ShardOpt = None) -> None:
     """Run the product of models x attacks x defenses x tasks (or a grid preset); resumable."""
     from robustbench_mm import api
     from robustbench_mm.errors import ConfigError
@@ -71,14 +73,25 @@ def grid(preset: Annotated[Optional[str], typer.Option("--preset", help="Grid pr
     split = lambda s: tuple(x.strip() for x in s.split(",") if x.strip())  # noqa: E731
     spec = cell_spec("", "pgd", "none", None, eps=eps, norm=norm, steps=steps, n=n, seed=seed, batch_size=batch_size,
                  device=device, dtype=dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-                 compile=compile, load_dtype=load_dtype, revision=revision, device_map=device_map)
+                 compile=compile, load_dtype=load_dtype, revision=revision, device_map=device_map, shard=shard)
     adhoc = None if preset else GridSpec(split(models or ""), split(attacks), split(defenses),
                                          split(tasks) if tasks else (None,))
     cells = api.plan_grid(adhoc, preset, spec)  # every cell checked before the first runs
     typer.echo(f"grid: {len(cells)} cells -> {out}", err=True)
-    total = sum(int(c.spec.n or 0) for c in cells)
+    total = sum(api.shard_size(c) for c in cells)
     with progress_reporter(f"grid ({len(cells)} cells)", total) as reporter:
         summaries = api.run_grid(cells, out=out, force=force, executor=executor, address=address,
                                  on_cell=lambda c, s: cell_line(c, s), progress=reporter.advance)
     failed = sum(s.status == "failed" for s in summaries)
     typer.echo(f"done: {len(summaries) - failed} ok/skipped, {failed} failed; store {out}")
+
+
+def merge(stores: Annotated[list[str], typer.Argument(help="Shard stores (`--shard i/k --out DIR`), all k of them.")],
+          out: Annotated[str, typer.Option("--out", help="Store to write the merged cells into (created if new).")],
+          force: Annotated[bool, typer.Option("--force", help="Replace cells the --out store already has.")] = False
+          ) -> None:
+    """Combine the shard stores of one run into one store, equal to the run without --shard."""
+    from robustbench_mm import api
+
+    merged = api.merge_shards(stores, out, force=force)
+    typer.echo(f"merged {len(merged)} cell(s) from {len(stores)} shard store(s) -> {out}")

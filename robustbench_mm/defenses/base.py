@@ -67,6 +67,11 @@ class Defense(ABC):
     def set_rng_state(self, defended: Any, state: Any) -> None:
         """Restore what ``rng_state`` returned."""
 
+    def reseed(self, defended: Any, seed: int) -> None:
+        """Restart the random state the defended model carries from ``seed``. The runner calls it
+        before every batch, so a batch draws the same noise whichever batches ran before it (a shard
+        of a cell, a resumed cell and the whole cell agree). A randomized defense must override it."""
+
     def certificate_radii(self) -> tuple[float, ...]:
         """Radii reported in certified.parquet (preset list)."""
         return ()

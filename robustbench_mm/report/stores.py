@@ -91,6 +91,9 @@ def _store_cells(root: Path) -> dict[tuple[Any, ...], Cell]:
     if versions - {SCHEMA_VERSION}:
         raise StoreError(f"store {root} holds rows of schema version {sorted(versions)}, this mmrobust reads "
                          f"version {SCHEMA_VERSION}; re-run its benchmark commands into a new store")
+    if "shard" in asr and bool((asr["shard"].fillna("").astype(str) != "").any()):
+        raise StoreError(f"store {root} holds shards of cells (--shard i/k); combine all k shard stores with "
+                         f"`mmrobust merge DIR1 ... DIRk --out DIR` and pass DIR")
     protocol = asr["protocol"].fillna("").astype(str) if "protocol" in asr else pd.Series("", index=asr.index)
     asr = asr[(protocol != "") & (asr["status"] == "ok")].copy()
     if asr.empty:

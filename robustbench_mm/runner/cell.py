@@ -13,7 +13,7 @@ from typing import Any, Callable
 import pandas as pd
 import torch
 
-from robustbench_mm.errors import MMRobustError
+from robustbench_mm.errors import MMRobustError, StoreError
 from robustbench_mm.models.device import pick_device
 from robustbench_mm.models.zoo import LoadOptions, load_model
 from robustbench_mm.runner import gallery_capture
@@ -23,6 +23,7 @@ from robustbench_mm.runner.certified_rows import (
 )
 from robustbench_mm.runner.resolve import CellSpec, ResolvedCell, resolve
 from robustbench_mm.runner.resume import Checkpoint, CellProgress
+from robustbench_mm.runner.shards import SHARD_CERTIFICATES, batch_random_state, batch_seed, in_shard, parse_shard
 from robustbench_mm.runner.store import ResultStore
 from robustbench_mm.runner.summary import cell_meta, empty_tables, summary_row
 
@@ -43,6 +44,11 @@ def run_cell(spec: CellSpec | ResolvedCell, *, store: ResultStore, force: bool =
     a failure during evaluation (NaN, OOM at batch 1, invalid adversarial) is recorded as ``failed``."""
     cell = spec if isinstance(spec, ResolvedCell) else resolve(spec)
     device = pick_device(cell.spec.device)
+    held = store.cell_row(cell.cell_id)
+    if held is not None and str(held.get("shard") or "") != str(cell.spec.shard or ""):
+        what = f"shard {held['shard']}" if held.get("shard") else "the whole cell"
+        raise StoreError(f"store {store.root} holds {what} of cell {cell.cell_id}; give each shard (and the whole "
+                         f"cell) its own --out, then `mmrobust merge` the shard stores")
     if store.finished(cell.cell_id) and not force:
         log.info("cell %s already in %s; skipped", cell.cell_id, store.root)
         return CellSummary(cell.cell_id, "skipped", store.cell_row(cell.cell_id) or {})
@@ -92,22 +98,25 @@ def evaluate(cell: ResolvedCell, model: Any, device: torch.device, progress: Pro
     else:
         objective = task.objective(getattr(attack, "loss", None))
     done = done or CellProgress()
-    if done.batches:
-        cell.defense.set_rng_state(defended, done.rng["defense"])
-        torch.set_rng_state(done.rng["torch"])
+    if done.batches:  # random state needs no restoring: every batch is seeded by itself
         gallery_capture.restore(cell.cell_id, done.gallery)
     rows, cert_frames = list(done.rows), list(done.cert)
     spec = cell.spec
+    shard = parse_shard(spec.shard)
     batches = task.examples(n=spec.n, seed=spec.seed, batch_size=spec.batch_size, image_size=model.image_size)
     for k, batch in enumerate(batches):
+        if not in_shard(k, shard):  # another shard's batch
+            continue
         if k < done.batches:  # finished in an earlier run
             if progress:
                 progress(len(batch))
             continue
         batch = batch.to(device)
-        batch_rows = evaluate_halving_on_oom(cell, defended, objective, batch)
+        # a batch's draws depend on the batch alone, so shards and resumed runs draw what one whole run draws
+        cell.defense.reseed(defended, batch_seed(spec.seed, k))
+        with batch_random_state(batch_seed(spec.seed, k), batch.pixels.device):
+            batch_rows, cert = evaluate_one(cell, defended, objective, batch)
         if cell.certify:
-            cert = only_clean_correct(certify_batch(cell, defended, batch), batch_rows)
             cert_frames.append(cert)
             attach_bound(batch_rows, cert, cell)
             attach_certified(batch_rows, cert, cell)
@@ -120,5 +129,16 @@ def evaluate(cell: ResolvedCell, model: Any, device: torch.device, progress: Pro
                                          done.elapsed_s + time.time() - started))
         if progress:
             progress(len(batch))
-    certified = aggregate_certified(cell, pd.concat(cert_frames, ignore_index=True)) if cert_frames else pd.DataFrame()
-    return {"samples": pd.DataFrame(rows), "certified": certified}
+    per_sample = pd.concat(cert_frames, ignore_index=True) if cert_frames else pd.DataFrame()
+    tables = {"samples": pd.DataFrame(rows), "certified": aggregate_certified(cell, per_sample) if cert_frames
+              else pd.DataFrame()}
+    if shard is not None:
+        tables[SHARD_CERTIFICATES] = per_sample  # what `mmrobust merge` aggregates over all shards
+    return tables
+
+
+def evaluate_one(cell: ResolvedCell, defended: Any, objective: Any, batch: Any) -> tuple[list[dict[str, Any]], Any]:
+    """One batch's sample rows and (certifying cells) its per-sample certificate rows."""
+    batch_rows = evaluate_halving_on_oom(cell, defended, objective, batch)
+    cert = only_clean_correct(certify_batch(cell, defended, batch), batch_rows) if cell.certify else None
+    return batch_rows, cert

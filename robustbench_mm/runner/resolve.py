@@ -19,6 +19,7 @@ from robustbench_mm.models.zoo import ModelEntry, check_available, entry_for, re
 from robustbench_mm.presets import Preset, build, load_preset, load_raw, stable_hash
 from robustbench_mm.runner.protocol import protocol_attack_preset
 from robustbench_mm.runner.registration import register_all
+from robustbench_mm.runner.shards import parse_shard
 from robustbench_mm.runner.store import SCHEMA_VERSION
 from robustbench_mm.tasks.base import TASKS, Task
 
@@ -62,6 +63,7 @@ class CellSpec:
     device_map: str | None = None  # "auto": accelerate places a large model; execution option
     protocol: str = ""  # a protocol preset (tasks/protocols/) naming the attack; "" = the attack preset above
     verdict_draws: int | None = None  # fresh draws per verdict for randomized defenses; None = default 16
+    shard: str | None = None  # "i/k": run only that slice of the cell's batches (runner.shards); not identity
 
 
 @dataclass
@@ -172,6 +174,7 @@ def check_scalars(spec: CellSpec) -> None:
         raise ConfigError(f"--steps {spec.steps} must be a non-negative integer")
     if spec.norm is not None and spec.norm not in ("linf", "l2"):
         raise ConfigError(f"--norm {spec.norm!r} must be linf or l2")
+    parse_shard(spec.shard)
     if spec.device_map is not None:
         if spec.device_map not in DEVICE_MAPS:
             raise ConfigError(f"--device-map {spec.device_map!r}: only 'auto' is supported")

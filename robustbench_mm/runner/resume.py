@@ -3,9 +3,9 @@
 A cell commits atomically, but some cells take hours on a CPU (smoothing defenses average many noisy
 copies per forward). After every batch the cell's finished rows are saved in the store
 (``DIR/progress/<cell_id>.pt``); rerunning the same command continues after the last saved batch.
-A resumed cell equals an uninterrupted one: attack randomness is per example, and the random state
-that carries from batch to batch (the defense's noise generator, torch's global generator) is saved
-with the rows and restored. Progress made at another commit is not reused (the cell records one
+A resumed cell equals an uninterrupted one: attack randomness is per example, and the defense's noise
+generator and torch's global generator are seeded afresh for every batch (``runner.shards``), so
+nothing random carries from one batch to the next (the carried state is still saved, for inspection). Progress made at another commit is not reused (the cell records one
 commit), nor progress that cannot be read: the cell then starts over, with a warning.
 """
 
@@ -53,10 +53,10 @@ class Checkpoint:
         where = getattr(store, "progress_file", None)
         if where is None:
             return None
-        if cell.defense.randomized and type(cell.defense).rng_state is Defense.rng_state:
-            return None  # its carried random state is unknown: a resumed run could draw differently
+        if cell.defense.randomized and type(cell.defense).reseed is Defense.reseed:
+            return None  # it cannot restart its random state per batch: a resumed run could draw differently
         key = {"format": FORMAT, "cell_id": cell.cell_id, "git_commit": git_commit(),
-               "batch_size": cell.spec.batch_size}
+               "batch_size": cell.spec.batch_size, "shard": cell.spec.shard or ""}
         return cls(where(cell.cell_id), key)
 
     def load(self) -> CellProgress | None:

@@ -86,6 +86,9 @@ class FeatureSmoothing(Defense):
     def set_rng_state(self, defended: Any, state: Any) -> None:
         defended.feature_transform.generator.set_state(state)
 
+    def reseed(self, defended: Any, seed: int) -> None:
+        defended.feature_transform.generator.manual_seed(int(seed))
+
     def certificate_radii(self) -> tuple[float, ...]:
         return self.radii
 
