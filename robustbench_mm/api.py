@@ -48,14 +48,15 @@ def merge_shards(stores: Sequence[str | Path], out: str | Path, *, force: bool =
 
 def run_grid(cells: list[ResolvedCell], *, out: str | Path = DEFAULT_OUT, force: bool = False,
              on_cell: Callable[..., None] | None = None, progress: Callable[[int], None] | None = None,
-             executor: str = "local", address: str | None = None) -> list[CellSummary]:
-    """Run cells through the ``local`` or ``ray`` executor; only this process writes the store."""
-    if executor == "local" and address is None:
+             executor: str = "local", address: str | None = None, shards: int = 1) -> list[CellSummary]:
+    """Run cells through the ``local`` or ``ray`` executor; only this process writes the store.
+    ``shards`` > 1 (Ray only) splits every cell into that many shard tasks, merged on commit."""
+    if executor == "local" and address is None and shards == 1:
         with ResultStore(out) as store:
             return _run_grid(cells, store, force=force, on_cell=on_cell, progress=progress)
     from robustbench_mm.runner.executors import make_executor
 
-    runner = make_executor(executor, address)
+    runner = make_executor(executor, address, shards)
     with ResultStore(out) as store:
         return runner.run(cells, store, force=force, on_cell=on_cell, progress=progress)
 

@@ -62,3 +62,39 @@ def test_ray_grid_equals_local_and_retries_dead_workers(local_ray, random_clip_d
     # resume: the driver skips finished cells without submitting anything
     again = api.run_grid(cells, out=tmp_path / "ray", executor="ray")
     assert [s.status for s in again] == ["skipped", "skipped"]
+
+
+@pytest.mark.slow
+def test_ray_shards_a_cell_and_commits_it_equal_to_the_whole_cell(local_ray, tmp_path: Path) -> None:
+    """``--shards 3``: a randomized, certifying cell split into 3 Ray tasks (each first attempt dies and
+    is retried) commits once, with the rows and certificates of the local unsharded run."""
+    spec = CellSpec(model="clip-tiny", attack="pgd-l2", defense="fs-quick", task="fmnist-zeroshot", steps=2, n=5,
+                    batch_size=2, seed=1, device="cpu")
+    cells = [api.resolve_cell(spec)]
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers (OMP_NUM_THREADS=1): same float reduction order, same bits
+    try:
+        local = api.run_grid(cells, out=tmp_path / "local")
+    finally:
+        torch.set_num_threads(threads)
+    remote = api.run_grid(cells, out=tmp_path / "ray", executor="ray", shards=3)
+    assert [s.status for s in local] == [s.status for s in remote] == ["ok"]
+    for table in ("samples", "certified"):
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "ray" / f"{table}.parquet"),
+                                      pd.read_parquet(tmp_path / "local" / f"{table}.parquet"), check_exact=True)
+    a, b = _rows(tmp_path / "local"), _rows(tmp_path / "ray")
+    for col in ("cell_id", "n", "clean_accuracy", "robust_accuracy", "asr", "certified_accuracy"):
+        assert a[col].tolist() == b[col].tolist(), col
+    meta = json.loads((tmp_path / "ray" / "cells" / cells[0].cell_id / "meta.json").read_text())
+    assert meta["shards"] == 3 and meta["attempts"] == [2, 2, 2] and len(meta["retry_errors"]) == 3
+
+
+def test_shards_need_the_ray_executor(tmp_path: Path) -> None:
+    from robustbench_mm.errors import ConfigError
+
+    cells = [api.resolve_cell(CellSpec(model="clip-tiny", attack="none", n=2, device="cpu"))]
+    with pytest.raises(ConfigError, match="--shards only applies to --executor ray"):
+        api.run_grid(cells, out=tmp_path / "s", shards=2)
+    assert not (tmp_path / "s" / "asr.parquet").exists()

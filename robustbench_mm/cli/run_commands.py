@@ -54,6 +54,8 @@ def grid(preset: Annotated[Optional[str], typer.Option("--preset", help="Grid pr
          batch_size: BatchOpt = 64, device: DeviceOpt = None, dtype: DtypeOpt = "fp32",
          executor: Annotated[str, typer.Option("--executor", help="local or ray (one Ray task per cell).")] = "local",
          address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address, e.g. auto.")] = None,
+         shards: Annotated[int, typer.Option("--shards", help="With --executor ray: split every cell into this "
+                                             "many shard tasks, merged when all are back (same numbers).")] = 1,
          out: OutOpt = "results/runs/default",
          force: Annotated[bool, typer.Option("--force", help="Recompute cells the store already has.")] = False,
          allow_pickle: PickleOpt = False, trust_remote_code: RemoteOpt = False, compile: CompileOpt = False,
@@ -80,7 +82,7 @@ def grid(preset: Annotated[Optional[str], typer.Option("--preset", help="Grid pr
     typer.echo(f"grid: {len(cells)} cells -> {out}", err=True)
     total = sum(api.shard_size(c) for c in cells)
     with progress_reporter(f"grid ({len(cells)} cells)", total) as reporter:
-        summaries = api.run_grid(cells, out=out, force=force, executor=executor, address=address,
+        summaries = api.run_grid(cells, out=out, force=force, executor=executor, address=address, shards=shards,
                                  on_cell=lambda c, s: cell_line(c, s), progress=reporter.advance)
     failed = sum(s.status == "failed" for s in summaries)
     typer.echo(f"done: {len(summaries) - failed} ok/skipped, {failed} failed; store {out}")

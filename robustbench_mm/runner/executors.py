@@ -99,13 +99,18 @@ class RayExecutor:
     Args:
         address: Ray cluster address (``auto`` = the running cluster); ``None`` starts a local Ray
             when none is initialised in this process.
-        max_attempts: tries per cell when its worker dies (application errors are not retried:
+        max_attempts: tries per task when its worker dies (application errors are not retried:
             ``run_cell`` already records them as a failed cell).
+        shards: split every cell into this many shards (``runner.shards``), one task each, and
+            commit the merged cell once all are back (equal to the unsharded cell); 1 = whole cells.
     """
 
-    def __init__(self, address: str | None = None, max_attempts: int = 3) -> None:
+    def __init__(self, address: str | None = None, max_attempts: int = 3, shards: int = 1) -> None:
+        if shards < 1:
+            raise ConfigError(f"--shards {shards} must be a positive number of shards per cell")
         self.address = address
         self.max_attempts = max_attempts
+        self.shards = shards
 
     def _init(self) -> Any:
         try:
@@ -130,11 +135,16 @@ class RayExecutor:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         remote = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=0)(compute_cell)
         summaries: dict[str, CellSummary] = {}
-        pending: dict[Any, tuple[ResolvedCell, int, list[str]]] = {}
+        pending: dict[Any, tuple[ResolvedCell, int, list[str], int]] = {}
+        parts: dict[str, dict[int, tuple[str, dict[str, Any], dict[str, Any]]]] = {}
+        split = {c.cell_id: self.shards if c.spec.shard is None else 1 for c in cells}
 
-        def submit(cell: ResolvedCell, attempt: int, errors: list[str]) -> None:
-            ref = remote.remote(asdict(cell.spec), cell.cell_id, attempt)
-            pending[ref] = (cell, attempt, errors)
+        def submit(cell: ResolvedCell, attempt: int, errors: list[str], part: int) -> None:
+            spec = asdict(cell.spec)
+            if split[cell.cell_id] > 1:
+                spec["shard"] = f"{part}/{split[cell.cell_id]}"
+            ref = remote.remote(spec, cell.cell_id, attempt)
+            pending[ref] = (cell, attempt, errors, part)
 
         for cell in cells:
             if store.finished(cell.cell_id) and not force:
@@ -142,11 +152,12 @@ class RayExecutor:
                 if on_cell:
                     on_cell(cell, summaries[cell.cell_id])
             else:
-                submit(cell, 1, [])
+                for part in range(1, split[cell.cell_id] + 1):
+                    submit(cell, 1, [], part)
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             ref = done[0]
-            cell, attempt, errors = pending.pop(ref)
+            cell, attempt, errors, part = pending.pop(ref)
             try:
                 status, tables, meta = ray.get(ref)
             except ray.exceptions.RayTaskError as exc:
@@ -160,17 +171,45 @@ class RayExecutor:
                 if attempt < self.max_attempts:
                     log.warning("cell %s: worker died (attempt %d/%d); resubmitting", cell.cell_id, attempt,
                                 self.max_attempts)
-                    submit(cell, attempt + 1, errors)
+                    submit(cell, attempt + 1, errors, part)
                     continue
                 status, tables, meta = _failed_tables(cell, errors)
             meta = {**meta, "executor": "ray", "attempts": attempt, "retry_errors": errors}
+            if progress:
+                progress(int(cell.spec.n or 0) if split[cell.cell_id] == 1 else len(tables["samples"]))
+            got = parts.setdefault(cell.cell_id, {})
+            got[part] = (status, tables, meta)
+            if len(got) < split[cell.cell_id]:
+                continue
+            status, tables, meta = _whole(cell, [got[i] for i in sorted(got)])
             store.commit_cell(cell.cell_id, tables, meta)
             summaries[cell.cell_id] = CellSummary(cell.cell_id, status, dict(tables["asr"].iloc[0]))
-            if progress:
-                progress(int(cell.spec.n or 0))
             if on_cell:
                 on_cell(cell, summaries[cell.cell_id])
         return [summaries[c.cell_id] for c in cells]
+
+
+def _whole(cell: ResolvedCell, results: list[tuple[str, dict[str, Any], dict[str, Any]]]
+           ) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """One cell's commit from its task results: the single task's, or its shards merged (a failed
+    shard fails the whole cell, with that shard's error; the finished shards are not kept)."""
+    if len(results) == 1:
+        return results[0]
+    failed = [(i, r) for i, r in enumerate(results, 1) if r[0] != "ok"]
+    if failed:
+        i, (_, tables, meta) = failed[0]
+        error = str(tables["asr"].iloc[0].get("error", "")) or "failed"
+        status, tables, fmeta = _failed_tables(cell, [*meta.get("retry_errors", []), f"shard {i}/{len(results)}: "
+                                                      f"{error}"])
+        return status, tables, {**fmeta, "executor": "ray", "shards": len(results)}
+    from robustbench_mm.runner.merge import merge_tables
+    from robustbench_mm.runner.summary import cell_meta
+
+    tables, row = merge_tables(cell, [r[1] for r in results])
+    meta = {**cell_meta(cell, row), "executor": "ray", "shards": len(results),
+            "attempts": [r[2].get("attempts", 1) for r in results],
+            "retry_errors": [e for r in results for e in r[2].get("retry_errors", [])]}
+    return "ok", tables, meta
 
 
 def _failed_tables(cell: ResolvedCell, errors: list[str]) -> tuple[str, dict[str, Any], dict[str, Any]]:
@@ -196,12 +235,15 @@ def _failed_tables(cell: ResolvedCell, errors: list[str]) -> tuple[str, dict[str
     return "failed", tables, cell_meta(cell, row)
 
 
-def make_executor(name: str, address: str | None = None) -> Executor:
+def make_executor(name: str, address: str | None = None, shards: int = 1) -> Executor:
     """``local`` or ``ray``; anything else is bad input."""
     if name == "local":
         if address:
             raise ConfigError("--address only applies to --executor ray")
+        if shards != 1:
+            raise ConfigError("--shards only applies to --executor ray (for one machine, run --shard i/k "
+                              "commands yourself and `mmrobust merge` them)")
         return LocalExecutor()
     if name == "ray":
-        return RayExecutor(address=address)
+        return RayExecutor(address=address, shards=shards)
     raise ConfigError(f"--executor {name!r}: choose one of {', '.join(EXECUTORS)}")

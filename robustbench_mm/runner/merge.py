@@ -54,11 +54,21 @@ def merge_shard_stores(stores: Sequence[str | Path], out: str | Path, force: boo
 
 
 def _merged_tables(cell: ResolvedCell, dirs: list[Path]) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
-    rows = [pd.read_parquet(d / "asr.parquet").iloc[0] for d in dirs]
-    samples = interleave([pd.read_parquet(d / "samples.parquet") for d in dirs], cell.spec.batch_size)
-    cert_files = [d / f"{SHARD_CERTIFICATES}.parquet" for d in dirs]
-    per_sample = pd.concat([pd.read_parquet(f) for f in cert_files if f.exists()], ignore_index=True) \
-        if any(f.exists() for f in cert_files) else pd.DataFrame()
+    parts = []
+    for d in dirs:
+        cert = d / f"{SHARD_CERTIFICATES}.parquet"
+        parts.append({"asr": pd.read_parquet(d / "asr.parquet"), "samples": pd.read_parquet(d / "samples.parquet"),
+                      SHARD_CERTIFICATES: pd.read_parquet(cert) if cert.exists() else pd.DataFrame()})
+    return merge_tables(cell, parts)
+
+
+def merge_tables(cell: ResolvedCell, parts: Sequence[dict[str, pd.DataFrame]]
+                 ) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+    """The whole cell's tables and ``asr`` row from its shards' tables (shards 1..k, in order)."""
+    rows = [p["asr"].iloc[0] for p in parts]
+    samples = interleave([p["samples"] for p in parts], cell.spec.batch_size)
+    certs = [c for p in parts if (c := p.get(SHARD_CERTIFICATES)) is not None and not c.empty]
+    per_sample = pd.concat(certs, ignore_index=True) if certs else pd.DataFrame()
     if len(per_sample):  # the whole run's row order (batch by batch): float sums then agree to the last bit
         batch_of = {int(ix): pos // cell.spec.batch_size for pos, ix in enumerate(samples["index"])}
         order = per_sample["index"].astype(int).map(batch_of)
