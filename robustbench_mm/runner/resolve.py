@@ -23,7 +23,7 @@ from robustbench_mm.runner.store import SCHEMA_VERSION
 from robustbench_mm.tasks.base import TASKS, Task
 
 FAMILY_CAPABILITIES = {
-    "clip": frozenset({"features", "classify"}),
+    "clip": frozenset({"features", "classify", "text_tower"}),  # text_tower: retrieval ranks captions
     "llava": frozenset({"features", "logprob", "generate"}),
     "blip2": frozenset({"features", "logprob", "generate"}),
 }
