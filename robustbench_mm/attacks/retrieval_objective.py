@@ -20,6 +20,10 @@ from robustbench_mm.types import Batch
 
 CAPTIONS_KEY = "captions"  # list[list[str]]: every caption of the row's image
 GUIDE_KEY = "guide_captions"  # list[list[str]]: captions that guide the image attack (adversarial ones)
+# frozenset[str]: words a text attack may neither replace nor introduce, because they decide which
+# images a caption matches (the class names of the bundled set); swapping one would change the
+# ground truth instead of attacking the model
+PROTECTED_KEY = "protected_words"
 
 
 def text_features(model: Any, texts: Sequence[str]) -> Tensor:

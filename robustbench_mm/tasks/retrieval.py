@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from robustbench_mm.attacks.retrieval_objective import CAPTIONS_KEY, CaptionSetObjective
+from robustbench_mm.attacks.retrieval_objective import CAPTIONS_KEY, PROTECTED_KEY, CaptionSetObjective
 from robustbench_mm.errors import ConfigError
 from robustbench_mm.tasks.base import TASKS, Task, to_long
 from robustbench_mm.tasks.data import images_to_pixels, load_checked
@@ -98,8 +98,10 @@ class ImageTextRetrieval(Task):
         # ground truth: the class on the bundled set (many-to-many), else the image's own row
         groups = [int(r["label"]) for r in records] if self.dataset == BUNDLED else list(indices)
         labels = to_long(groups)
-        return Batch(pixels=pixels, labels=labels, index=to_long(indices),
-                     extra={CAPTIONS_KEY: captions, GROUP_KEY: labels.clone()})
+        extra: dict[str, object] = {CAPTIONS_KEY: captions, GROUP_KEY: labels.clone()}
+        if self.dataset == BUNDLED:  # a caption's class name is its ground truth: text attacks keep it
+            extra[PROTECTED_KEY] = frozenset(w for c in self.classes for w in c.lower().split())
+        return Batch(pixels=pixels, labels=labels, index=to_long(indices), extra=extra)
 
     def objective(self, loss: str | None = None) -> Objective:
         if loss not in (None, "ce"):
