@@ -80,8 +80,9 @@ def retrieval_columns(cell: ResolvedCell, samples: pd.DataFrame) -> dict[str, An
     (retrieval tasks; ``clean_accuracy``/``asr`` above are the image->text R@1 and its ASR)."""
     if not is_retrieval(cell.task):
         return {}
-    out = retrieval_summary(samples)
-    if out:
+    out: dict[str, Any] = {"word_budget": int(getattr(cell.attack, "word_budget", 0) or 0),
+                           **retrieval_summary(samples)}
+    if "ir_asr_n" in out:
         out["ir_asr_low"], out["ir_asr_high"] = wilson_interval(int(out.pop("ir_asr_successes")),
                                                                 int(out.pop("ir_asr_n")))
     return out

@@ -123,27 +123,34 @@ class ImageTextRetrieval(Task):
 
     # ---- gallery scoring (called once per cell, after every batch was attacked) -------------
     def gallery_rows(self, image_groups: Tensor, text_owner: Tensor, clean: tuple[Tensor, Tensor],
-                     adversarial: tuple[Tensor, Tensor]) -> pd.DataFrame:
+                     adversarial: list[tuple[Tensor, Tensor]], members: list[str] | None = None) -> pd.DataFrame:
         """One row per gallery image: TR hits at each K, clean and adversarial, and the IR hits of its
-        captions (counts over them). ``clean``/``adversarial`` are ``(image [I,D], text [T,D])`` unit
-        features; ``text_owner`` ``[T]`` is the image row each caption belongs to."""
+        captions (counts over them). ``clean`` and each entry of ``adversarial`` are ``(image [I,D],
+        text [T,D])`` unit features, one entry per attack member, each ranked as its own gallery; a
+        query's adversarial rank is its worst (highest) over the members. ``text_owner`` ``[T]`` is the
+        image row each caption belongs to; ``broken_by`` names the first member that broke a TR query."""
         positive = positive_pairs(image_groups, image_groups[text_owner])
+        tr_clean, ir_clean = retrieval_ranks(*clean, positive)
+        per_member = [retrieval_ranks(img, txt, positive) for img, txt in adversarial]
+        tr_adv = torch.stack([tr for tr, _ in per_member]).amax(dim=0)
+        ir_adv = torch.stack([ir for _, ir in per_member]).amax(dim=0)
         out: dict[str, Any] = {"n_captions": torch.bincount(text_owner, minlength=len(image_groups)).numpy()}
-        for side, (img, txt) in (("clean", clean), ("adv", adversarial)):
-            tr_rank, ir_rank = retrieval_ranks(img, txt, positive)
+        for side, tr_rank, ir_rank in (("clean", tr_clean, ir_clean), ("adv", tr_adv, ir_adv)):
             for k, hit in hits_at(tr_rank, RECALL_KS).items():
                 out[f"tr_r{k}_{side}"] = hit.numpy()
             for k, hit in hits_at(ir_rank, RECALL_KS).items():
-                counts = torch.zeros(len(image_groups)).index_add(0, text_owner, hit.float())
-                out[f"ir_r{k}_{side}"] = counts.numpy()
-            out[f"ir_hit1_{side}_mask"] = hits_at(ir_rank, (1,))[1]
+                out[f"ir_r{k}_{side}"] = torch.zeros(len(image_groups)).index_add(0, text_owner, hit.float()).numpy()
         # IR successes per image: its captions right at R@1 clean and wrong after the attack
-        ir_broken = (out.pop("ir_hit1_clean_mask") & ~out.pop("ir_hit1_adv_mask")).float()
+        ir_broken = ((ir_clean < 1) & (ir_adv >= 1)).float()
         out["ir_success"] = torch.zeros(len(image_groups)).index_add(0, text_owner, ir_broken).numpy()
         rows = pd.DataFrame(out)
         rows["clean_correct"] = rows["tr_r1_clean"].astype(bool)
         rows["adv_correct"] = rows["tr_r1_adv"].astype(bool)
         rows["success"] = rows["clean_correct"] & ~rows["adv_correct"]
+        names = members or [""] * len(adversarial)
+        broke = torch.stack([tr >= 1 for tr, _ in per_member])  # [M, I]
+        first = broke.float().argmax(dim=0).tolist()
+        rows["broken_by"] = [names[m] if ok else "" for m, ok in zip(first, rows["success"])]
         return rows
 
 

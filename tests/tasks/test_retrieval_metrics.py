@@ -74,7 +74,7 @@ def test_recall_matches_clip_benchmark_on_clip_tiny_gallery() -> None:
         tr_ref, ir_ref = reference_recalls(images, texts, positive, k)
         assert hits_at(tr_rank, (k,))[k].float().mean().item() == pytest.approx(tr_ref, abs=1e-9)
         assert hits_at(ir_rank, (k,))[k].float().mean().item() == pytest.approx(ir_ref, abs=1e-9)
-    rows = task.gallery_rows(groups, owner, (images, texts), (images, texts))
+    rows = task.gallery_rows(groups, owner, (images, texts), [(images, texts)])
     assert not rows["success"].any()  # the same features on both sides break nothing
 
 
