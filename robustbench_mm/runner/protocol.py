@@ -131,7 +131,7 @@ def load_protocol(ref: str) -> Protocol:
     draws = check_draws(data.get("verdict_draws", DEFAULT_DRAWS))
     families = {f: _family(data[f], f"{path}: {f}") for f in FAMILIES if f in data}
     if not families:
-        raise ConfigError(f"{path}: a protocol needs a classification or generative section")
+        raise ConfigError(f"{path}: a protocol needs a classification, generative or retrieval section")
     version = data.get("version", 1)
     if not isinstance(version, int) or isinstance(version, bool):
         raise ConfigError(f"{path}: version={version!r} must be an integer")
