@@ -40,6 +40,11 @@ def test_benchmark_reports_recall_and_takes_the_worst_case_per_query(
     assert (worst["ir_r1_adv"] <= pgd.loc[worst.index, "ir_r1_adv"]).all()
     broken = worst[worst["success"]]
     assert broken["broken_by"].isin(["pgd", "sep-attack", "co-attack", "sga"]).all() and len(broken) > 0
+    # the store makes a leaderboard section whose clean/robust numbers are image->text R@1
+    code, _, _ = invoke(monkeypatch, capsys, "leaderboard", str(out), "--out", str(tmp_path / "board"))
+    board = (tmp_path / "board" / "leaderboard.md").read_text()
+    assert code == 0 and "## fmnist-retrieval" in board and "mm-retrieval/standard/v1" in board
+    assert f"{row['tr_r1_adv'] * 100:.1f}%" in board
 
 
 def test_rand_version_has_no_retrieval_protocol() -> None:

@@ -144,6 +144,9 @@ class ImageTextRetrieval(Task):
         ir_broken = ((ir_clean < 1) & (ir_adv >= 1)).float()
         out["ir_success"] = torch.zeros(len(image_groups)).index_add(0, text_owner, ir_broken).numpy()
         rows = pd.DataFrame(out)
+        # the per-sample prediction columns of other tasks: here the TR rank of the image's best
+        # matching caption (0 = retrieved first), clean and under the worst member
+        rows["clean_pred"], rows["adv_pred"] = tr_clean.numpy(), tr_adv.numpy()
         rows["clean_correct"] = rows["tr_r1_clean"].astype(bool)
         rows["adv_correct"] = rows["tr_r1_adv"].astype(bool)
         rows["success"] = rows["clean_correct"] & ~rows["adv_correct"]
