@@ -109,3 +109,10 @@ def test_text_attacks_refuse_classification_tasks() -> None:
 
     with pytest.raises(CapabilityError, match="needs a retrieval task"):
         resolve(CellSpec(model="clip-tiny", attack="co-attack", task="fmnist-zeroshot"))
+
+
+def test_open_clip_tokenizer_filters_substitutes() -> None:
+    """open_clip wraps its Hugging Face tokenizer: words it reads as <unk> are no substitutes."""
+    model = load_model("openclip-tiny", LoadOptions(device="cpu"))
+    assert known_word(model, "coat") and known_word(model, "close-up")
+    assert not known_word(model, "zebra")

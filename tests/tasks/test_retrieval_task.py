@@ -86,3 +86,18 @@ def test_model_without_text_tower_is_refused(monkeypatch: pytest.MonkeyPatch, ca
     assert code == 2
     assert "text_tower" in stderr + stdout
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_gallery_numbers_do_not_depend_on_batch_size(tmp_path: Path) -> None:
+    """The whole gallery is ranked once after all batches, and attack randomness is per example."""
+    from robustbench_mm import api
+    from robustbench_mm.runner.resolve import CellSpec
+
+    rows = []
+    for bs in (5, 16):
+        spec = CellSpec(model="clip-tiny", attack="pgd", task="fmnist-retrieval", n=16, batch_size=bs,
+                        eps=2 / 255)
+        rows.append(api.run_cell(spec, out=tmp_path / f"bs{bs}").row)
+    for key in ("tr_r1_clean", "tr_r1_adv", "ir_r1_adv", "ir_r5_adv", "tr_asr", "ir_asr"):
+        assert rows[0][key] == pytest.approx(rows[1][key]), key
