@@ -21,7 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from robustbench_mm.errors import ConfigError
-from robustbench_mm.runner.protocol import VERSIONS, Protocol, load_protocol, task_family, threat_models, version_name
+from robustbench_mm.runner.protocol import (
+    LATEST_RETRIEVAL, VERSIONS, Protocol, load_protocol, task_family, threat_models, version_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,13 @@ class BenchmarkResult:
     row: dict[str, Any] = field(default_factory=dict)  # the asr.parquet row (store path)
 
     def line(self, label: str) -> str:
-        """The one-line summary ``mmrobust benchmark`` prints."""
+        """The summary ``mmrobust benchmark`` prints: one line, plus Recall@K both ways for retrieval."""
+        if "tr_r1_clean" in self.row:
+            recall = " | ".join(f"{name} R@1/5/10 clean " + "/".join(f"{self.row[f'{d}_r{k}_clean']:.3f}" for k in (1, 5, 10))
+                                + " robust " + "/".join(f"{self.row[f'{d}_r{k}_adv']:.3f}" for k in (1, 5, 10))
+                                for d, name in (("tr", "image->text"), ("ir", "text->image")))
+            return (f"{label} | {self.norm} eps={self.eps:.4f} + {self.row['word_budget']} word | {recall} | "
+                    f"n={self.n} | protocol {self.protocol}")
         return (f"{label} | {self.norm} eps={self.eps:.4f} | clean {self.clean_accuracy:.3f} | robust "
                 f"{self.robust_accuracy:.3f} [{self.robust_low:.3f}, {self.robust_high:.3f}] | n={self.n} | "
                 f"protocol {self.protocol} (version {self.version}, verdict draws {self.verdict_draws})")
@@ -88,17 +96,27 @@ def plan(model: str, *, defense: str = "none", task: str | None = None, norm: st
     d_preset = load_preset("defense", defense, DEFENSES)
     d = build(DEFENSES.get(d_preset.impl), d_preset)
     chosen = choose_version(version, bool(d.randomized))
-    ref = version_name(chosen)
-    protocol = load_protocol(ref)
     t_preset = load_preset("task", task or DEFAULT_TASKS[entry.family], TASKS)
     t = build(TASKS.get(t_preset.impl), t_preset)
     family = task_family(t)
+    ref = retrieval_version(chosen, version, t.name) if family == "retrieval" else version_name(chosen)
+    protocol = load_protocol(ref)
     specs = [CellSpec(model=model, attack=protocol.attack_name, defense=defense, task=task, norm=tm.norm, eps=tm.eps,
                       n=n, seed=seed, protocol=ref, **spec_kw)
              for tm in threat_models(protocol, family, t.name, norm, eps)]
     for s in specs:
         resolve(s)  # names, compatibility and budgets fail here, before any weights load
     return protocol, _version_label(protocol), specs
+
+
+def retrieval_version(chosen: str, asked: str, task_name: str) -> str:
+    """The retrieval protocol for ``standard``/``auto``; a named protocol file as given; no ``rand`` one yet."""
+    if chosen == "standard":
+        return LATEST_RETRIEVAL
+    if chosen == "rand":
+        raise ConfigError(f"task {task_name} has no randomized-defense retrieval protocol; pass --version standard "
+                          f"(or a protocol file) {'instead of auto ' if asked == 'auto' else ''}for this defense")
+    return version_name(chosen)
 
 
 def run(specs: list[Any], protocol: Protocol, version: str, *, out: str | Path, force: bool = False,

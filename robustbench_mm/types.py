@@ -102,10 +102,12 @@ class Objective(Protocol):
 
 
 class AttackResult(NamedTuple):
-    """Adversarial pixels ``[B,3,H,W]``, final objective value ``[B]``, gradient queries used, and
-    (ensembles) per sample the name of the member whose output the verdict broke ("" = none)."""
+    """Adversarial pixels ``[B,3,H,W]``, final objective value ``[B]``, gradient queries used,
+    (ensembles) per sample the name of the member whose output the verdict broke ("" = none), and
+    (text and joint attacks) per sample its adversarial captions (None = the texts are unchanged)."""
 
     pixels: Tensor
     loss: Tensor
     queries: int
     broken_by: list[str] | None = None
+    texts: list[list[str]] | None = None

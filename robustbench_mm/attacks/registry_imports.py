@@ -2,3 +2,4 @@
 
 from robustbench_mm.attacks import none, pgd  # noqa: F401
 from robustbench_mm.attacks import apgd, ensemble, embedding, eot, text_embed, torchattacks_bridge  # noqa: F401
+from robustbench_mm.attacks import bert_attack, joint, retrieval_worst_case  # noqa: F401  (retrieval text and joint attacks, issue 32)

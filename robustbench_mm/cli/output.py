@@ -35,6 +35,11 @@ def print_summary(summary: Any, out: str) -> None:
     typer.echo(f"clean {r['clean_accuracy']:.3f}  robust {r['robust_accuracy']:.3f}  "
                f"ASR {r['asr']:.3f} [{r['asr_low']:.3f}, {r['asr_high']:.3f}]  "
                f"max_linf {r['max_linf']:.4f}  {r['samples_per_s']:.1f} samples/s")
+    if "tr_r1_clean" in r:  # retrieval: Recall@K both ways (TR = image->text, IR = text->image)
+        for d, name in (("tr", "image->text"), ("ir", "text->image")):
+            clean = " ".join(f"R@{k} {r[f'{d}_r{k}_clean']:.3f}" for k in (1, 5, 10))
+            adv = " ".join(f"R@{k} {r[f'{d}_r{k}_adv']:.3f}" for k in (1, 5, 10))
+            typer.echo(f"{name}: clean {clean} | robust {adv} | R@1 ASR {r[f'{d}_asr']:.3f}")
     cert = r.get("certified_accuracy", float("nan"))
     if cert == cert:  # not NaN: a sound class certificate at the threat model's l2 radius
         typer.echo(f"certified {cert:.3f} at l2 {r['eps']:.4f} (sound; clean-correct samples only)")

@@ -24,8 +24,10 @@ from robustbench_mm.runner.certified_rows import (
 from robustbench_mm.runner.resolve import CellSpec, ResolvedCell, resolve
 from robustbench_mm.runner.resume import Checkpoint, CellProgress
 from robustbench_mm.runner.shards import SHARD_CERTIFICATES, batch_random_state, batch_seed, in_shard, parse_shard
+from robustbench_mm.runner.retrieval_eval import evaluate_retrieval
 from robustbench_mm.runner.store import ResultStore
 from robustbench_mm.runner.summary import cell_meta, empty_tables, summary_row
+from robustbench_mm.tasks.retrieval import is_retrieval
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int], None]  # called with the number of samples just finished
@@ -92,6 +94,8 @@ def evaluate(cell: ResolvedCell, model: Any, device: torch.device, progress: Pro
     started = time.time()
     defended = cell.defense.apply(model)
     task, attack = cell.task, cell.attack
+    if is_retrieval(task):  # ranked over the whole gallery once every batch is attacked
+        return evaluate_retrieval(cell, defended, device, progress)
     gallery_capture.reset(cell.cell_id)
     if getattr(attack, "targeted", False):
         objective = task.targeted_objective(getattr(attack, "loss", None))

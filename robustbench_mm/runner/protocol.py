@@ -29,10 +29,12 @@ from robustbench_mm.errors import ConfigError, UnknownNameError
 from robustbench_mm.presets import Preset, build, load_preset, parse_number, presets_root, validate_params
 from robustbench_mm.runner.registration import register_all
 from robustbench_mm.tasks.base import TASKS
+from robustbench_mm.tasks.retrieval import is_retrieval
 
 VERSIONS = ("auto", "standard", "rand")
-FAMILIES = ("classification", "generative")
+FAMILIES = ("classification", "generative", "retrieval")
 LATEST = {"standard": "standard-v2", "rand": "rand-v2"}
+LATEST_RETRIEVAL = "retrieval-v1"  # what auto and standard mean for a retrieval task
 _TOP_KEYS = {"name", "id", "version", "description", "verdict_draws", "verdict_rule", "eot_draws", *FAMILIES}
 _FAMILY_KEYS = {"members", "rescales_logits", "threat_models"}
 
@@ -129,7 +131,7 @@ def load_protocol(ref: str) -> Protocol:
     draws = check_draws(data.get("verdict_draws", DEFAULT_DRAWS))
     families = {f: _family(data[f], f"{path}: {f}") for f in FAMILIES if f in data}
     if not families:
-        raise ConfigError(f"{path}: a protocol needs a classification or generative section")
+        raise ConfigError(f"{path}: a protocol needs a classification, generative or retrieval section")
     version = data.get("version", 1)
     if not isinstance(version, int) or isinstance(version, bool):
         raise ConfigError(f"{path}: version={version!r} must be an integer")
@@ -162,7 +164,10 @@ def _family(raw: Any, where: str) -> FamilyPlan:
 
 
 def task_family(task: Any) -> str:
-    """``classification`` when the task's objective has class logits, else ``generative``."""
+    """``retrieval`` for retrieval tasks, ``classification`` when the task's objective has class
+    logits, else ``generative``."""
+    if is_retrieval(task):
+        return "retrieval"
     return "classification" if has_logits(task.objective()) else "generative"
 
 
@@ -201,6 +206,10 @@ def protocol_attack_preset(spec: Any, defense_preset: Preset, task_preset: Prese
     threat_models(protocol, family, task.name, spec.norm, spec.eps)  # the task must have a budget in this norm
     members = plan.members + (plan.rescales_logits if defense.rescales_logits else ())
     params: dict[str, Any] = {"attacks": list(members), "norm": spec.norm, "eps": spec.eps}
+    if family == "retrieval":  # every member over the whole gallery, the worst case per query
+        validated = validate_params(ATTACKS.get("retrieval-worst-case"), params, protocol.path, set())
+        return protocol, Preset("attack", protocol.attack_name, "retrieval-worst-case", protocol.version, validated,
+                                protocol.path, {"norm": spec.norm, "eps": spec.eps})
     eot = protocol.eot_for(defense)
     if eot is not None:
         params["eot"] = eot

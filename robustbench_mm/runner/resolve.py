@@ -24,7 +24,7 @@ from robustbench_mm.runner.store import SCHEMA_VERSION
 from robustbench_mm.tasks.base import TASKS, Task
 
 FAMILY_CAPABILITIES = {
-    "clip": frozenset({"features", "classify"}),
+    "clip": frozenset({"features", "classify", "text_tower"}),  # text_tower: retrieval ranks captions
     "llava": frozenset({"features", "logprob", "generate"}),
     "blip2": frozenset({"features", "logprob", "generate"}),
 }
@@ -130,6 +130,9 @@ def resolve(spec: CellSpec) -> ResolvedCell:
         task.bind_family(entry.family)
     check_n(spec, task)
     check_targeted(attack, task)
+    if spec.shard and getattr(task, "ranks_whole_gallery", False):
+        raise ConfigError(f"--shard: task {task.name!r} ranks every query against the whole gallery, so its cell "
+                          f"cannot be split; run it without --shard")
     attack.check_task(task.objective(getattr(attack, "loss", None)), FAMILY_CAPABILITIES[entry.family])
     attack_preset, attack = adaptive_margin(attack_preset, attack, defense, task)
     certify = defense.certifies if spec.certify is None else spec.certify

@@ -15,6 +15,7 @@ from robustbench_mm.runner.resolve import ResolvedCell, spec_dict
 from robustbench_mm.runner.scores import score_summary
 from robustbench_mm.runner.stats import wilson_interval
 from robustbench_mm.runner.store import SCHEMA_VERSION
+from robustbench_mm.tasks.retrieval import is_retrieval, retrieval_summary
 
 
 def cell_sanity(cell: ResolvedCell, samples: pd.DataFrame, ok: bool) -> dict[str, Any]:
@@ -71,7 +72,21 @@ def summary_row(cell: ResolvedCell, model: Any, device: torch.device, tables: di
         "verdict_rule": str(getattr(cell, "verdict_rule", "")),
         "certified_accuracy": certified_at(tables.get("certified"), threat["norm"], threat["eps"] or 0.0),
         **({"shard": cell.spec.shard} if cell.spec.shard else {}),  # a slice, until `mmrobust merge`
+        **retrieval_columns(cell, samples),
     }
+
+
+def retrieval_columns(cell: ResolvedCell, samples: pd.DataFrame) -> dict[str, Any]:
+    """Recall@1/5/10 both ways, clean and adversarial, and the text->image R@1 ASR with its interval
+    (retrieval tasks; ``clean_accuracy``/``asr`` above are the image->text R@1 and its ASR)."""
+    if not is_retrieval(cell.task):
+        return {}
+    out: dict[str, Any] = {"word_budget": int(getattr(cell.attack, "word_budget", 0) or 0),
+                           **retrieval_summary(samples)}
+    if "ir_asr_n" in out:
+        out["ir_asr_low"], out["ir_asr_high"] = wilson_interval(int(out.pop("ir_asr_successes")),
+                                                                int(out.pop("ir_asr_n")))
+    return out
 
 
 def attacked_feature_cosine(samples: pd.DataFrame) -> float:

@@ -107,6 +107,13 @@ def test_cli_shard_then_merge(runs: dict[str, Path], monkeypatch: pytest.MonkeyP
     assert code == 2 and "--force" in err
 
 
+def test_a_retrieval_cell_cannot_be_sharded() -> None:
+    from robustbench_mm.runner.resolve import resolve
+
+    with pytest.raises(ConfigError, match="whole gallery"):
+        resolve(CellSpec(model="clip-tiny", attack="pgd", task="fmnist-retrieval", n=8, shard="1/2", device="cpu"))
+
+
 def test_interleave_and_sizes() -> None:
     parts = [pd.DataFrame({"i": [0, 1, 6]}), pd.DataFrame({"i": [2, 3]}), pd.DataFrame({"i": [4, 5]})]
     assert interleave(parts, 2)["i"].tolist() == list(range(7))

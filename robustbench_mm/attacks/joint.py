@@ -1,0 +1,98 @@
+"""Joint image+text attacks on retrieval: Sep-Attack, Co-Attack (Zhang et al., ACM MM 2022) and SGA
+(Lu et al., ICCV 2023), from the same two parts: image PGD on the caption-set objective and word
+substitution (``bert_attack``). They differ in what guides each part:
+
+- ``separate`` (Sep-Attack): the text against the clean image, the image against the clean captions.
+- ``text-first`` (Co-Attack): the text against the clean image first, then the image against the
+  clean and the adversarial captions, so it also moves away from the text it will be ranked with.
+- ``set-guided`` (SGA): the text against the clean image at every scale, the image against the clean
+  and adversarial captions summed over its rescaled copies, then the text again, from the clean
+  captions, against the adversarial image at every scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from robustbench_mm.attacks.base import ATTACKS, Attack, check_threat
+from robustbench_mm.attacks.bert_attack import check_retrieval, check_word_budget, clean_guides, substitute_captions
+from robustbench_mm.attacks.masked_lm import BUNDLED_MLM, check_mlm
+from robustbench_mm.attacks.pgd import PGD
+from robustbench_mm.attacks.retrieval_objective import CAPTIONS_KEY, GUIDE_KEY, CaptionSetObjective, rescaled
+from robustbench_mm.errors import ConfigError
+from robustbench_mm.types import AttackResult, Batch, Objective
+
+ORDERS = ("separate", "text-first", "set-guided")
+
+
+@ATTACKS.register("joint")
+class JointAttack(Attack):
+    """Image PGD plus word substitution, combined in one of ``ORDERS`` (see module docstring).
+
+    Args:
+        order: ``separate`` | ``text-first`` | ``set-guided``.
+        norm, eps, steps, step_size: the image PGD (random start, highest-loss iterate kept).
+        word_budget, top_k, mlm: the word substitution (``bert-attack``'s parameters).
+        scales: image rescalings of the set-guided order, besides the image itself.
+        seed: random-start seed when no generator is passed.
+    """
+
+    def __init__(self, *, order: Literal["separate", "text-first", "set-guided"] = "separate",
+                 norm: Literal["linf", "l2"] = "linf", eps: float = 2 / 255, steps: int = 10,
+                 step_size: float | None = None, word_budget: int = 1, top_k: int = 10, mlm: str = BUNDLED_MLM,
+                 scales: tuple[float, ...] = (), seed: int = 0) -> None:
+        if order not in ORDERS:
+            raise ConfigError(f"order={order!r} must be one of {', '.join(ORDERS)}")
+        check_threat(norm, eps, steps)
+        check_word_budget(word_budget)
+        if top_k <= 0 or any(s <= 0 for s in scales):
+            raise ConfigError(f"top_k={top_k} and scales={list(scales)} must be positive")
+        if scales and order != "set-guided":
+            raise ConfigError(f"scales apply to order set-guided only (order is {order})")
+        check_mlm(mlm)
+        self.order, self.norm, self.eps, self.steps = order, norm, eps, steps
+        self.image_attack = PGD(norm=norm, eps=eps, steps=steps, step_size=step_size, stop_on_success=False, seed=seed)
+        self.step_size = self.image_attack.step_size
+        self.word_budget, self.top_k, self.mlm = word_budget, top_k, mlm
+        self.scales, self.seed = (1.0, *tuple(float(s) for s in scales)), seed
+
+    def check_task(self, objective: Objective, capabilities: frozenset[str]) -> None:
+        check_retrieval(self.name, objective)
+
+    def perturb(self, model: Any, batch: Batch, objective: Objective, *, generator: torch.Generator) -> AttackResult:
+        check_retrieval(self.name, objective)
+        captions: list[list[str]] = batch.extra[CAPTIONS_KEY]  # type: ignore[assignment]
+        words = dict(word_budget=self.word_budget, top_k=self.top_k, mlm=self.mlm)
+        if self.order == "separate":
+            texts = substitute_captions(model, batch, clean_guides(model, batch.pixels), **words)  # type: ignore[arg-type]
+            image = self.image_attack.perturb(model, guided(batch, captions), CaptionSetObjective(), generator=generator)
+            return AttackResult(image.pixels, image.loss, image.queries, texts=texts)
+        first_guides = scale_guides(model, batch.pixels, self.scales)
+        first = substitute_captions(model, batch, first_guides, **words)  # type: ignore[arg-type]
+        both = [list(c) + list(t) for c, t in zip(captions, first)]
+        image = self.image_attack.perturb(model, guided(batch, both), CaptionSetObjective(self.scales),
+                                          generator=generator)
+        if self.order == "text-first":
+            return AttackResult(image.pixels, image.loss, image.queries, texts=first)
+        texts = substitute_captions(model, batch, scale_guides(model, image.pixels, self.scales), **words)  # type: ignore[arg-type]
+        return AttackResult(image.pixels, image.loss, image.queries, texts=texts)
+
+    def describe(self) -> dict[str, Any]:
+        return {"norm": self.norm or "none", "eps": float(self.eps or 0.0), "steps": self.steps}
+
+
+def guided(batch: Batch, captions: list[list[str]]) -> Batch:
+    """``batch`` whose image objective is guided by ``captions`` (one list per row)."""
+    return replace(batch, extra={**batch.extra, GUIDE_KEY: captions})
+
+
+def scale_guides(model: Any, pixels: Tensor, scales: tuple[float, ...]) -> Tensor:
+    """Unit image features of each rescaled copy, ``[B,S,D]`` (``scales=(1.0,)`` is the image itself)."""
+    with torch.no_grad():
+        feats = [F.normalize(model.encode_image(rescaled(pixels, s, model.image_size)).float(), dim=-1) for s in scales]
+    return torch.stack(feats, dim=1)
