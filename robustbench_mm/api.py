@@ -146,9 +146,10 @@ def validate() -> list[tuple[str, str, str]]:
 
 
 def train_defense(defense: str, model: str, *, out: str | Path | None = None, resume: bool = True,
-                  force: bool = False, device: str | None = None) -> dict[str, Any]:
+                  force: bool = False, device: str | None = None, eps: float | None = None) -> dict[str, Any]:
     """Train a defense's weights for a model (``mmrobust train``). Dispatches to the defense's own
-    ``train(model, out=, resume=, force=)``; defenses without one have nothing to train."""
+    ``train(model, out=, resume=, force=)``; defenses without one have nothing to train. ``eps``
+    overrides the preset's training budget (the recipe, and so the weights directory, follow it)."""
     from robustbench_mm.defenses.base import DEFENSES
     from robustbench_mm.errors import CapabilityError, ConfigError
     from robustbench_mm.models.zoo import LoadOptions, entry_for, load_model, resolve_model_name
@@ -158,7 +159,7 @@ def train_defense(defense: str, model: str, *, out: str | Path | None = None, re
     from robustbench_mm.runner.registration import register_all
 
     register_all()
-    preset = load_preset("defense", defense, DEFENSES)
+    preset = load_preset("defense", defense, DEFENSES, {"eps": eps} if eps is not None else None)
     obj = build(DEFENSES.get(preset.impl), preset)
     if not callable(getattr(obj, "train", None)):
         raise ConfigError(f"defense {preset.name!r} has no training step (it acts at inference); nothing to train")
