@@ -40,6 +40,11 @@ OutOpt = Annotated[str, typer.Option("--out", help="Result store directory (crea
 PickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="Allow pickle checkpoints (.bin/.pt): runs code.")]
 RemoteOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow Hugging Face remote code.")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the vision path and LM for the attack loop.")]
+VisionEncoderOpt = Annotated[Optional[str], typer.Option("--vision-encoder", help="LLaVA / BLIP-2 only: a CLIP image "
+                                                        "encoder in place of the vision tower (same width and grid): "
+                                                        "a zoo encoder (fare-clip-tiny, tecoa-clip-tiny, ...), a "
+                                                        "public preset (fare2-vit-l-14, tecoa4-vit-l-14, ...), a local "
+                                                        "directory, a Hugging Face id or hf-hub:owner/name.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON instead of a table.")]
 
 

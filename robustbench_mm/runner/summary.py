@@ -70,6 +70,7 @@ def summary_row(cell: ResolvedCell, model: Any, device: torch.device, tables: di
         "protocol": getattr(cell, "protocol", ""), "verdict_draws": int(getattr(cell, "verdict_draws", 1)),
         "verdict_rule": str(getattr(cell, "verdict_rule", "")),
         "certified_accuracy": certified_at(tables.get("certified"), threat["norm"], threat["eps"] or 0.0),
+        "vision_encoder": cell.spec.vision_encoder or "",
     }
 
 
