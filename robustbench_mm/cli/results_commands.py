@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from robustbench_mm.cli.options import (
-    BatchOpt, DefenseOpt, DeviceOpt, DtypeOpt, Model, OutOpt, PickleOpt, RemoteOpt, SeedOpt, TaskOpt, parse_eps,
+    BatchOpt, DefenseOpt, DeviceOpt, DtypeOpt, Model, OutOpt, PickleOpt, RemoteOpt, SeedOpt, TaskOpt, VisionEncoderOpt,
+    parse_eps,
 )
 from robustbench_mm.cli.output import progress_reporter
 
@@ -26,19 +27,21 @@ def benchmark(
                                  "randomized defenses, >= 8 (default: the protocol's, 16).")] = None,
         out: OutOpt = "results/runs/default",
         force: Annotated[bool, typer.Option("--force", help="Recompute cells already in the store.")] = False,
-        allow_pickle: PickleOpt = False, trust_remote_code: RemoteOpt = False) -> None:
+        allow_pickle: PickleOpt = False, trust_remote_code: RemoteOpt = False,
+        vision_encoder: VisionEncoderOpt = None) -> None:
     """Robust accuracy under the standard, versioned protocol: one cell and one line per threat model."""
     from robustbench_mm import benchmarking
 
     protocol, chosen, specs = benchmarking.plan(
         model, defense=defense, task=task, norm=norm, eps=parse_eps(eps), version=version, n=n, seed=seed,
         batch_size=batch_size, device=device, dtype=dtype, verdict_draws=verdict_draws,
-        allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, vision_encoder=vision_encoder)
     picked = f"version {chosen}" + (" (auto)" if version == "auto" else "")
     typer.echo(f"benchmark: protocol {protocol.id}, {picked}, {len(specs)} threat model(s) -> {out}", err=True)
     from robustbench_mm import api
 
     ran = api.resolve_cell(specs[0]).entry.name  # the model actually run (an alias may fall back to the zoo)
+    ran = f"{ran} + {vision_encoder}" if vision_encoder else ran
     label = f"{ran} | {defense}"
     with progress_reporter(f"{ran} / {protocol.id} / {defense}", n * len(specs)) as reporter:
         benchmarking.run(specs, protocol, chosen, out=out, force=force, progress=reporter.advance,
