@@ -98,3 +98,13 @@ def test_run_llava_tiny_with_the_zoo_fare_encoder_under_pgd(monkeypatch, capsys,
     row = pd.read_parquet(out / "asr.parquet").iloc[0]
     assert row["vision_encoder"] == "fare-clip-tiny" and row["status"] == "ok"
     assert row["max_linf"] <= 4 / 255 + 1e-6 and row["clean_accuracy"] > 0.5
+
+
+def test_a_local_weights_directory_names_an_encoder_too() -> None:
+    from robustbench_mm.defenses.training import SHIPPED_DIR
+    from robustbench_mm.runner.resolve import CellSpec, resolve
+
+    cell = resolve(CellSpec(model="blip2-tiny", task="fmnist-caption", n=8,
+                            vision_encoder=str(SHIPPED_DIR / "fare2-clip-tiny")))
+    assert cell.encoder is not None and cell.encoder.family == "clip"
+    assert Path(cell.encoder.source) == SHIPPED_DIR / "fare2-clip-tiny"
