@@ -25,10 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 BUDGETS = {"2/255": 2 / 255, "4/255": 4 / 255}
 CLIP_MODELS = ("clip-tiny", "openclip-tiny")
-# defense preset -> what it is; tecoa trained at 8/255 (its preset), the others at their own budget
+# tecoa trained at 8/255 (its preset), the others at their own budget
 DEFENSES = ("none", "tecoa", "fare2", "fare", "sim-clip2", "sim-clip")
-ENCODERS = ("clip-tiny", "tecoa-clip-tiny", "fare2-clip-tiny", "fare-clip-tiny", "sim-clip2-clip-tiny",
+ENCODERS = (None, "clip-tiny", "tecoa-clip-tiny", "fare2-clip-tiny", "fare-clip-tiny", "sim-clip2-clip-tiny",
             "sim-clip-clip-tiny")
+# None: the VLM's own tower (llava-tiny's is clip-tiny's, bit for bit; blip2-tiny's was fine-tuned)
 VLM_TASKS = {"llava-tiny": ("fmnist-caption", "fmnist-vqa"), "blip2-tiny": ("fmnist-caption",)}
 log = logging.getLogger("robust_encoders")
 
@@ -62,7 +63,7 @@ def in_vlms(args: argparse.Namespace) -> dict:
     for vlm, tasks in VLM_TASKS.items():
         for enc in ENCODERS:
             for task in tasks:
-                rows[f"{vlm}/{enc}/{task}"] = {
+                rows[f"{vlm}/{enc or 'own tower'}/{task}"] = {
                     b: cell(args.store, args.n_vlm, model=vlm, task=task, eps=e, vision_encoder=enc)
                     for b, e in BUDGETS.items()}
     return rows

@@ -212,7 +212,7 @@ def reproduce(spec: PaperSpec, *, zoo: bool, out: Path, n: int | None = None, de
     measured = {c["id"]: _measures(s.row, samples, certified, cell.cell_id)
                 for (c, cell), s in zip(pairs, summaries)}
     table = compare(spec, pairs, measured, zoo)
-    md = render(spec, table, zoo)
+    md = render(spec, table, zoo) + cells_table(pairs, measured)
     (out / "papers").mkdir(parents=True, exist_ok=True)
     md_path, pq_path = out / "papers" / f"{label}.md", out / "papers" / f"{label}.parquet"
     md_path.write_text(md)
@@ -321,6 +321,20 @@ def render(spec: PaperSpec, table: pd.DataFrame, zoo: bool) -> str:
             _f(r["delta"]), _f(r["tolerance"]), "yes" if r["within_tolerance"] else "no", r["verdict"],
             r["note"])) + " |")
     return "\n".join(head + lines) + "\n"
+
+
+def cells_table(pairs: list[tuple[dict[str, Any], Any]], measured: dict[str, dict[str, Any]]) -> str:
+    """Every cell the run measured, with or without a published value (the table's full shape)."""
+    lines = ["", "## Every cell", "", "| cell | model | task | attack | eps | clean score | attacked score | n |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c, cell in pairs:
+        m = measured.get(c["id"], {})
+        model = f"{cell.entry.name} + {cell.spec.vision_encoder}" if cell.spec.vision_encoder else cell.entry.name
+        eps = m.get("eps")
+        lines.append(f"| {c['id']} | {model} | {cell.task.name} | {cell.attack.name} | "
+                     f"{'—' if eps is None else f'{float(eps) * 255:.3g}/255'} | {_f(_value(m, 'clean_score'))} | "
+                     f"{_f(_value(m, 'adv_score'))} | {m.get('n', 0)} |")
+    return "\n".join(lines) + "\n"
 
 
 def with_cells(spec: PaperSpec, cells: list[dict[str, Any]]) -> PaperSpec:
