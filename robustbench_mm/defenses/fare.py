@@ -22,6 +22,7 @@ learning rate are fitted to a 2-core CPU and the tiny zoo encoders; ``defenses/f
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -138,6 +139,10 @@ class FARE(EmbeddingFinetune):
             p.requires_grad_(False)
         self._frozen.eval()
         return super().prepare(model)
+
+    def export(self, model: Any, module: nn.Module, out: Path) -> None:
+        super().export(model, module, out)
+        self._frozen = None  # training is over: drop the copy of the original encoder
 
     def frozen_features(self, x: Tensor) -> Tensor:
         if self._frozen is None:
