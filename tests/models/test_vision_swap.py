@@ -86,6 +86,7 @@ def test_the_encoder_is_part_of_the_cell_id() -> None:
     assert "vision_encoder" not in plain  # cells without a swapped tower keep their ids
 
 
+@pytest.mark.slow
 def test_run_llava_tiny_with_the_zoo_fare_encoder_under_pgd(monkeypatch, capsys, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import pandas as pd
 
