@@ -61,8 +61,28 @@ def list_names(kind: str) -> list[dict[str, Any]]:
         return rows
     if kind == "grids":
         return [_grid_summary(n) for n in preset_names("grid")]
+    if kind == "encoders":
+        return _encoder_rows()
     singular = kind.rstrip("s")
     return [{"name": n, **_preset_summary(singular, n)} for n in preset_names(singular)]
+
+
+def _encoder_rows() -> list[dict[str, Any]]:
+    """``--vision-encoder`` presets: the zoo's CLIP encoders, then the public ones (cached or not)."""
+    from robustbench_mm.errors import WeightsError
+    from robustbench_mm.models.vision_swap import PUBLIC_ENCODERS
+    from robustbench_mm.models.zoo import entry_for
+    from robustbench_mm.runner.vision_encoder import zoo_encoders
+
+    rows = [{"name": n, "source": src, "available": True} for n, src in zoo_encoders().items()]
+    for name, src in PUBLIC_ENCODERS.items():
+        try:
+            entry_for(src)
+            available = True
+        except WeightsError:
+            available = False
+        rows.append({"name": name, "source": src, "available": available})
+    return rows
 
 
 def _grid_summary(name: str) -> dict[str, Any]:

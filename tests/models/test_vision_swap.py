@@ -109,3 +109,14 @@ def test_a_local_weights_directory_names_an_encoder_too() -> None:
                             vision_encoder=str(SHIPPED_DIR / "fare2-clip-tiny")))
     assert cell.encoder is not None and cell.encoder.family == "clip"
     assert Path(cell.encoder.source) == SHIPPED_DIR / "fare2-clip-tiny"
+
+
+def test_list_encoders_names_the_zoo_and_public_presets(monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    code, out, err = invoke(monkeypatch, capsys, "list", "encoders", "--json")
+    assert code == 0, err
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert rows["fare-clip-tiny"]["available"] and rows["clip-tiny"]["available"]
+    assert rows["fare2-vit-l-14"]["source"] == "hf-hub:chs20/fare2-clip"
+    assert "crmt-clip-tiny" not in rows  # a head, not a CLIP model
