@@ -11,7 +11,7 @@ def test_zoo_plan_swaps_the_zoo_encoders_into_llava_tiny() -> None:
     pairs = paper.plan(spec, zoo=True, n=4, device="cpu")
     encoders = {c["id"]: cell.spec.vision_encoder for c, cell in pairs}
     assert {encoders[k] for k in ("fare2-cap-2", "fare4-cap-2", "tecoa2-cap-2", "clip-cap-2")} == {
-        "fare2-clip-tiny", "fare-clip-tiny", "tecoa-clip-tiny", None}
+        "fare2-clip-tiny", "fare-clip-tiny", "tecoa2-clip-tiny", None}
     assert all(cell.entry.name == "llava-tiny" for _, cell in pairs)
     assert {cell.task.name for _, cell in pairs} == {"fmnist-caption", "fmnist-vqa"}
     assert len({cell.cell_id for _, cell in pairs}) == len(pairs)
