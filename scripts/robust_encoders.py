@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 BUDGETS = {"2/255": 2 / 255, "4/255": 4 / 255}
 CLIP_MODELS = ("clip-tiny", "openclip-tiny")
-# tecoa trained at 8/255 (its preset), the others at their own budget
-DEFENSES = ("none", "tecoa", "fare2", "fare", "sim-clip2", "sim-clip")
-ENCODERS = (None, "clip-tiny", "tecoa-clip-tiny", "fare2-clip-tiny", "fare-clip-tiny", "sim-clip2-clip-tiny",
-            "sim-clip-clip-tiny")
+# tecoa2 / tecoa4 / tecoa trained at 2 / 4 / 8 (its preset) /255, fare2 / fare and sim-clip2 / sim-clip at 2 / 4 /255
+DEFENSES = ("none", "tecoa2", "tecoa4", "tecoa", "fare2", "fare", "sim-clip2", "sim-clip")
+ENCODERS = (None, "clip-tiny", "tecoa2-clip-tiny", "tecoa4-clip-tiny", "tecoa-clip-tiny", "fare2-clip-tiny",
+            "fare-clip-tiny", "sim-clip2-clip-tiny", "sim-clip-clip-tiny")
 # None: the VLM's own tower (llava-tiny's is clip-tiny's, bit for bit; blip2-tiny's was fine-tuned)
 VLM_TASKS = {"llava-tiny": ("fmnist-caption", "fmnist-vqa"), "blip2-tiny": ("fmnist-caption",)}
 log = logging.getLogger("robust_encoders")
