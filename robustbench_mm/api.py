@@ -77,8 +77,28 @@ def list_names(kind: str) -> list[dict[str, Any]]:
         return rows
     if kind == "grids":
         return [_grid_summary(n) for n in preset_names("grid")]
+    if kind == "encoders":
+        return _encoder_rows()
     singular = kind.rstrip("s")
     return [{"name": n, **_preset_summary(singular, n)} for n in preset_names(singular)]
+
+
+def _encoder_rows() -> list[dict[str, Any]]:
+    """``--vision-encoder`` presets: the zoo's CLIP encoders, then the public ones (cached or not)."""
+    from robustbench_mm.errors import WeightsError
+    from robustbench_mm.models.vision_swap import PUBLIC_ENCODERS
+    from robustbench_mm.models.zoo import entry_for
+    from robustbench_mm.runner.vision_encoder import zoo_encoders
+
+    rows = [{"name": n, "source": src, "available": True} for n, src in zoo_encoders().items()]
+    for name, src in PUBLIC_ENCODERS.items():
+        try:
+            entry_for(src)
+            available = True
+        except WeightsError:
+            available = False
+        rows.append({"name": name, "source": src, "available": available})
+    return rows
 
 
 def _grid_summary(name: str) -> dict[str, Any]:
@@ -162,9 +182,10 @@ def validate() -> list[tuple[str, str, str]]:
 
 
 def train_defense(defense: str, model: str, *, out: str | Path | None = None, resume: bool = True,
-                  force: bool = False, device: str | None = None) -> dict[str, Any]:
+                  force: bool = False, device: str | None = None, eps: float | None = None) -> dict[str, Any]:
     """Train a defense's weights for a model (``mmrobust train``). Dispatches to the defense's own
-    ``train(model, out=, resume=, force=)``; defenses without one have nothing to train."""
+    ``train(model, out=, resume=, force=)``; defenses without one have nothing to train. ``eps``
+    overrides the preset's training budget (the recipe, and so the weights directory, follow it)."""
     from robustbench_mm.defenses.base import DEFENSES
     from robustbench_mm.errors import CapabilityError, ConfigError
     from robustbench_mm.models.zoo import LoadOptions, entry_for, load_model, resolve_model_name
@@ -174,7 +195,7 @@ def train_defense(defense: str, model: str, *, out: str | Path | None = None, re
     from robustbench_mm.runner.registration import register_all
 
     register_all()
-    preset = load_preset("defense", defense, DEFENSES)
+    preset = load_preset("defense", defense, DEFENSES, {"eps": eps} if eps is not None else None)
     obj = build(DEFENSES.get(preset.impl), preset)
     if not callable(getattr(obj, "train", None)):
         raise ConfigError(f"defense {preset.name!r} has no training step (it acts at inference); nothing to train")

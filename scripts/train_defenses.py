@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-DEFENSES = ["topk-rs", "tecoa", "mmcoa", "crmt"]
+DEFENSES = ["topk-rs", "tecoa", "mmcoa", "crmt"]  # the default set; fare, fare2, sim-clip, sim-clip2 via --only
 log = logging.getLogger("train_defenses")
 
 

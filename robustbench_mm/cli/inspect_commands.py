@@ -9,10 +9,11 @@ import typer
 
 from robustbench_mm.cli.options import DefenseOpt, DeviceOpt, EpsOpt, JsonOpt, Model, NOpt, SeedOpt, TaskOpt, parse_eps
 
-KINDS = ("models", "attacks", "defenses", "tasks", "grids")
+KINDS = ("models", "attacks", "defenses", "tasks", "grids", "encoders")
 
 
-def list_cmd(kind: Annotated[str, typer.Argument(help="models, attacks, defenses, tasks or grids")],
+def list_cmd(kind: Annotated[str, typer.Argument(help="models, attacks, defenses, tasks, grids or "
+                                                          "encoders (--vision-encoder presets)")],
              as_json: JsonOpt = False) -> None:
     """List registered names."""
     from robustbench_mm.errors import ConfigError
@@ -27,7 +28,8 @@ def list_cmd(kind: Annotated[str, typer.Argument(help="models, attacks, defenses
     from rich.console import Console
     from rich.table import Table
 
-    cols = {"models": ["name", "family", "available", "source"], "grids": ["name", "cells", "description"]}.get(
+    cols = {"models": ["name", "family", "available", "source"], "grids": ["name", "cells", "description"],
+            "encoders": ["name", "available", "source"]}.get(
         kind, ["name", "impl", "description"])
     table = Table(*cols)
     for r in rows:

@@ -44,6 +44,11 @@ ShardOpt = Annotated[Optional[str], typer.Option("--shard", help="i/k: evaluate 
                                                "(its batches j with j %% k = i-1); give each shard its own --out "
                                                "and combine them with `mmrobust merge`. Results equal one whole "
                                                "run at the same --batch-size.")]
+VisionEncoderOpt = Annotated[Optional[str], typer.Option("--vision-encoder", help="LLaVA / BLIP-2 only: a CLIP image "
+                                                        "encoder in place of the vision tower (same width and grid): "
+                                                        "a zoo encoder (fare-clip-tiny, tecoa-clip-tiny, ...), a "
+                                                        "public preset (fare2-vit-l-14, tecoa4-vit-l-14, ...), a local "
+                                                        "directory, a Hugging Face id or hf-hub:owner/name.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON instead of a table.")]
 
 

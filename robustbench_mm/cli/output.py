@@ -30,7 +30,8 @@ def print_summary(summary: Any, out: str) -> None:
     elif summary.status == "failed":
         typer.echo(f"cell {summary.cell_id} FAILED: {r['error']}")
         raise typer.Exit(1)
-    typer.echo(f"{r['model']} | {r['attack']} ({r['norm']} eps={r['eps']:.4f} steps={r['steps']}) | "
+    model = f"{r['model']} (vision encoder {r['vision_encoder']})" if r.get("vision_encoder") else r["model"]
+    typer.echo(f"{model} | {r['attack']} ({r['norm']} eps={r['eps']:.4f} steps={r['steps']}) | "
                f"{r['defense']} | {r['task']} | n={r['n']}")
     typer.echo(f"clean {r['clean_accuracy']:.3f}  robust {r['robust_accuracy']:.3f}  "
                f"ASR {r['asr']:.3f} [{r['asr_low']:.3f}, {r['asr_high']:.3f}]  "

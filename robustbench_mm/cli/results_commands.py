@@ -8,6 +8,7 @@ import typer
 
 from robustbench_mm.cli.options import (
     BatchOpt, DefenseOpt, DeviceOpt, DtypeOpt, Model, OutOpt, PickleOpt, RemoteOpt, SeedOpt, ShardOpt, TaskOpt,
+    VisionEncoderOpt,
     parse_eps,
 )
 from robustbench_mm.cli.output import progress_reporter
@@ -27,19 +28,21 @@ def benchmark(
                                  "randomized defenses, >= 8 (default: the protocol's, 16).")] = None,
         out: OutOpt = "results/runs/default",
         force: Annotated[bool, typer.Option("--force", help="Recompute cells already in the store.")] = False,
-        allow_pickle: PickleOpt = False, trust_remote_code: RemoteOpt = False, shard: ShardOpt = None) -> None:
+        allow_pickle: PickleOpt = False, trust_remote_code: RemoteOpt = False, shard: ShardOpt = None,
+        vision_encoder: VisionEncoderOpt = None) -> None:
     """Robust accuracy under the standard, versioned protocol: one cell and one line per threat model."""
     from robustbench_mm import benchmarking
 
     protocol, chosen, specs = benchmarking.plan(
         model, defense=defense, task=task, norm=norm, eps=parse_eps(eps), version=version, n=n, seed=seed,
         batch_size=batch_size, device=device, dtype=dtype, verdict_draws=verdict_draws,
-        allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, shard=shard)
+        allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, shard=shard, vision_encoder=vision_encoder)
     picked = f"version {chosen}" + (" (auto)" if version == "auto" else "")
     typer.echo(f"benchmark: protocol {protocol.id}, {picked}, {len(specs)} threat model(s) -> {out}", err=True)
     from robustbench_mm import api
 
     ran = api.resolve_cell(specs[0]).entry.name  # the model actually run (an alias may fall back to the zoo)
+    ran = f"{ran} + {vision_encoder}" if vision_encoder else ran
     label = f"{ran} | {defense}"
     total = sum(api.shard_size(api.resolve_cell(s)) for s in specs)
     with progress_reporter(f"{ran} / {protocol.id} / {defense}", total) as reporter:

@@ -9,7 +9,8 @@ import typer
 
 from robustbench_mm.cli.options import (
     AttackOpt, BatchOpt, CompileOpt, DefenseOpt, DeviceMapOpt, DeviceOpt, DtypeOpt, EpsOpt, LoadDtypeOpt, Model,
-    NOpt, NormOpt, OutOpt, PickleOpt, RemoteOpt, RevisionOpt, SeedOpt, ShardOpt, StepsOpt, TaskOpt, cell_spec,
+    NOpt, NormOpt, OutOpt, PickleOpt, RemoteOpt, RevisionOpt, SeedOpt, ShardOpt, StepsOpt, TaskOpt, VisionEncoderOpt,
+    cell_spec,
 )
 from robustbench_mm.cli.output import cell_line, print_summary, progress_reporter
 
@@ -24,14 +25,14 @@ def run(model: Model, attack: AttackOpt = "pgd", defense: DefenseOpt = "none", t
                                                         "(fs, fs-psm).")] = None,
         allow_pickle: PickleOpt = False, trust_remote_code: RemoteOpt = False, compile: CompileOpt = False,
         load_dtype: LoadDtypeOpt = "fp32", revision: RevisionOpt = None, device_map: DeviceMapOpt = None,
-        shard: ShardOpt = None) -> None:
+        shard: ShardOpt = None, vision_encoder: VisionEncoderOpt = None) -> None:
     """Run one cell (model x attack x defense x task) and write its rows to the store."""
     from robustbench_mm import api
 
     spec = cell_spec(model, attack, defense, task, eps=eps, norm=norm, steps=steps, n=n, seed=seed,
                  batch_size=batch_size, device=device, dtype=dtype, certify=certify, allow_pickle=allow_pickle,
                  trust_remote_code=trust_remote_code, compile=compile, load_dtype=load_dtype, revision=revision,
-                 device_map=device_map, shard=shard)
+                 device_map=device_map, shard=shard, vision_encoder=vision_encoder)
     cell = api.resolve_cell(spec)  # every check before any weights load or the store is touched
     total = api.shard_size(cell)
     with progress_reporter(f"{cell.entry.name} / {cell.attack.name} / {cell.defense.name}", total) as reporter:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from robustbench_mm.cli.options import DefenseOpt, DeviceOpt, Model
+from robustbench_mm.cli.options import DefenseOpt, DeviceOpt, Model, parse_eps
 from robustbench_mm.cli.output import cell_line
 
 
@@ -16,12 +16,15 @@ def train(defense: DefenseOpt, model: Model,
                                                      "~/.cache/mmrobust/defenses/<recipe hash>).")] = None,
           resume: Annotated[bool, typer.Option("--resume/--no-resume", help="Continue from a checkpoint.")] = True,
           force: Annotated[bool, typer.Option("--force", help="Retrain even if finished weights exist.")] = False,
+          eps: Annotated[Optional[str], typer.Option("--eps", help="Training budget (linf, pixel units, e.g. "
+                                                     "4/255) of defenses that take one; default: the preset's.")] = None,
           device: DeviceOpt = None) -> None:
-    """Train a defense's weights for a model (mmcoa, tecoa, topk-rs, crmt, ...); seeded and resumable."""
+    """Train a defense's weights for a model (mmcoa, tecoa, fare, sim-clip, topk-rs, crmt, ...); seeded and resumable."""
     from robustbench_mm import api
 
     logging.getLogger("robustbench_mm").setLevel(logging.INFO)
-    record = api.train_defense(defense, model, out=out, resume=resume, force=force, device=device)
+    record = api.train_defense(defense, model, out=out, resume=resume, force=force, device=device,
+                               eps=parse_eps(eps))
     verb = "reused" if record.get("reused") else "trained"
     metrics = record.get("metrics", {})
     shown = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float) and k.endswith("accuracy"))

@@ -95,6 +95,11 @@ _ENTRIES = [
     ModelEntry("openclip-vit-b-32-laion2b", "clip", _OPEN_CLIP, "open_clip:ViT-B-32:laion2b_s34b_b79k", params=151_000_000),
     ModelEntry("tecoa-vit-l-14", "clip", _OPEN_CLIP, "open_clip:hf-hub:chs20/tecoa4-clip", params=428_000_000),
     ModelEntry("fare-vit-l-14", "clip", _OPEN_CLIP, "open_clip:hf-hub:chs20/fare4-clip", params=428_000_000),
+    # the same robust encoders under their --vision-encoder preset names (zero-shot evaluation)
+    ModelEntry("fare2-vit-l-14", "clip", _OPEN_CLIP, "open_clip:hf-hub:chs20/fare2-clip", params=428_000_000),
+    ModelEntry("fare4-vit-l-14", "clip", _OPEN_CLIP, "open_clip:hf-hub:chs20/fare4-clip", params=428_000_000),
+    ModelEntry("tecoa2-vit-l-14", "clip", _OPEN_CLIP, "open_clip:hf-hub:chs20/tecoa2-clip", params=428_000_000),
+    ModelEntry("tecoa4-vit-l-14", "clip", _OPEN_CLIP, "open_clip:hf-hub:chs20/tecoa4-clip", params=428_000_000),
     ModelEntry("llava-1.5-7b", "llava", _LLAVA, "llava-hf/llava-1.5-7b-hf", params=7_060_000_000),
     ModelEntry("llava-1.5-13b", "llava", _LLAVA, "llava-hf/llava-1.5-13b-hf", params=13_350_000_000),
     ModelEntry("blip2-opt-2.7b", "blip2", _BLIP2, "Salesforce/blip2-opt-2.7b", params=3_745_000_000),

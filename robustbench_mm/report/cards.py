@@ -21,6 +21,11 @@ log = logging.getLogger(__name__)
 
 def model_card(name: str) -> tuple[str, str]:
     """``(source, card text)`` of a model without loading weights; empty strings when unknown."""
+    if " + " in name:  # "<vlm> + <encoder>": the VLM's card, with the swapped tower said first
+        vlm, encoder = name.split(" + ", 1)
+        source, text = model_card(vlm)
+        return source, (f"Vision tower replaced by the CLIP image encoder `{encoder}` "
+                        f"(`--vision-encoder {encoder}`).\n\n{text}")
     try:
         from robustbench_mm.models.zoo import entry_for, resolve_model_name
 

@@ -25,7 +25,9 @@ TAGS = ("PAPER", "CODE", "2ND", "DERIVED", "BENCH", "UNKNOWN")
 PERCENT_METRICS = ("clean_accuracy", "robust_accuracy", "asr")
 TOP_KEYS = {"name", "title", "defense", "source", "table", "protocol", "model", "train", "eval", "defaults", "cells",
             "references", "checks", "zoo", "tolerance_points", "tolerance", "notes"}
-CELL_KEYS = {"id", "model", "attack", "defense", "task", "eps", "steps", "norm", "n", "seed", "certify", "note"}
+CELL_KEYS = {"id", "model", "attack", "defense", "task", "eps", "steps", "norm", "n", "seed", "certify", "note",
+             "vision_encoder"}
+SCORE_METRICS = ("clean_score", "adv_score")  # the task's metric; x100 as papers print CIDEr and VQA accuracy
 OPS = {">": lambda a, b: a > b, ">=": lambda a, b: a >= b, "<": lambda a, b: a < b, "<=": lambda a, b: a <= b}
 
 
@@ -135,10 +137,18 @@ def missing_weights(spec: PaperSpec) -> list[str]:
     """Real models of the spec whose weights are not on this machine (name and source)."""
     from robustbench_mm.models.zoo import MODELS
 
+    from robustbench_mm.models.vision_swap import PUBLIC_ENCODERS
+    from robustbench_mm.models.zoo import entry_for
+
     out = []
     for model in sorted({c["model"] for c in spec.cells}):
         if model in MODELS and not MODELS.get(model).available():
             out.append(f"{model} ({MODELS.get(model).source})")
+    for enc in sorted({c["vision_encoder"] for c in spec.cells if c.get("vision_encoder") in PUBLIC_ENCODERS}):
+        try:
+            entry_for(PUBLIC_ENCODERS[enc])
+        except WeightsError:
+            out.append(f"{enc} ({PUBLIC_ENCODERS[enc]})")
     return out
 
 
@@ -160,17 +170,19 @@ def plan(spec: PaperSpec, *, zoo: bool, n: int | None, device: str | None) -> li
 
     zoo_cfg = spec.data.get("zoo") or {}
     task_map = zoo_cfg.get("tasks") or {}
+    encoder_map = zoo_cfg.get("encoders") or {}
     out = []
     for c in spec.cells:
-        model, task = c["model"], c.get("task")
+        model, task, encoder = c["model"], c.get("task"), c.get("vision_encoder")
         cell_n = c.get("n", 64)
         if zoo:
             model, task, cell_n = zoo_model(model), task_map.get(task, task), zoo_cfg.get("n", cell_n)
+            encoder = encoder_map.get(encoder, encoder)
         where = f"{spec.name} cell {c['id']!r}"
         cs = CellSpec(model=model, attack=c.get("attack", "pgd"), defense=c.get("defense", "none"), task=task,
                       seed=int(c.get("seed", 0)), n=int(n or cell_n), device=device,
                       eps=parse_number(c["eps"], f"{where}: eps") if "eps" in c else None,
-                      steps=c.get("steps"), norm=c.get("norm"), certify=c.get("certify"))
+                      steps=c.get("steps"), norm=c.get("norm"), certify=c.get("certify"), vision_encoder=encoder)
         try:
             out.append((c, resolve(cs)))
         except MMRobustError as exc:
@@ -200,7 +212,7 @@ def reproduce(spec: PaperSpec, *, zoo: bool, out: Path, n: int | None = None, de
     measured = {c["id"]: _measures(s.row, samples, certified, cell.cell_id)
                 for (c, cell), s in zip(pairs, summaries)}
     table = compare(spec, pairs, measured, zoo)
-    md = render(spec, table, zoo)
+    md = render(spec, table, zoo) + cells_table(pairs, measured)
     (out / "papers").mkdir(parents=True, exist_ok=True)
     md_path, pq_path = out / "papers" / f"{label}.md", out / "papers" / f"{label}.parquet"
     md_path.write_text(md)
@@ -209,8 +221,9 @@ def reproduce(spec: PaperSpec, *, zoo: bool, out: Path, n: int | None = None, de
 
 
 def _measures(row: dict[str, Any], samples: pd.DataFrame, certified: pd.DataFrame, cell_id: str) -> dict[str, Any]:
-    m = {k: row.get(k) for k in (*PERCENT_METRICS, "status", "error", "model", "attack", "defense", "task", "eps",
-                                 "norm", "n", "model_revision", "git_commit", "cell_id")}
+    m = {k: row.get(k) for k in (*PERCENT_METRICS, *SCORE_METRICS, "status", "error", "model", "attack", "defense",
+                                 "task", "eps", "norm", "n", "model_revision", "git_commit", "cell_id",
+                                 "vision_encoder")}
     s = samples[samples["cell_id"] == cell_id] if not samples.empty else samples
     # averaged over the attacked (clean-correct) samples only: the others were never perturbed
     attacked = s[s["clean_correct"].astype(bool)] if not s.empty else s
@@ -229,7 +242,7 @@ def _value(measured: dict[str, Any], metric: str) -> float:
     v = measured.get(metric)
     if v is None or measured.get("status") != "ok":
         return math.nan
-    return float(v) * 100 if metric in PERCENT_METRICS else float(v)
+    return float(v) * 100 if metric in PERCENT_METRICS + SCORE_METRICS else float(v)
 
 
 def compare(spec: PaperSpec, pairs: list[tuple[dict[str, Any], Any]], measured: dict[str, dict[str, Any]],
@@ -277,7 +290,10 @@ def _verdict(tag: str, zoo: bool, ok: bool, missing: bool, unmeasured: bool) -> 
 
 def _provenance(cell: Any, m: dict[str, Any] | None, zoo: bool) -> dict[str, Any]:
     m = m or {}
-    return {"setting": "zoo" if zoo else "real", "model": m.get("model", cell.entry.name if cell else ""),
+    model = m.get("model", cell.entry.name if cell else "")
+    if m.get("vision_encoder"):  # the VLM row names its tower
+        model = f"{model} + {m['vision_encoder']}"
+    return {"setting": "zoo" if zoo else "real", "model": model,
             "attack": m.get("attack", ""), "defense": m.get("defense", ""), "task": m.get("task", ""),
             "eps": m.get("eps", math.nan), "n": m.get("n", 0), "model_revision": m.get("model_revision", ""),
             "git_commit": m.get("git_commit", ""), "cell_id": m.get("cell_id", "")}
@@ -305,6 +321,20 @@ def render(spec: PaperSpec, table: pd.DataFrame, zoo: bool) -> str:
             _f(r["delta"]), _f(r["tolerance"]), "yes" if r["within_tolerance"] else "no", r["verdict"],
             r["note"])) + " |")
     return "\n".join(head + lines) + "\n"
+
+
+def cells_table(pairs: list[tuple[dict[str, Any], Any]], measured: dict[str, dict[str, Any]]) -> str:
+    """Every cell the run measured, with or without a published value (the table's full shape)."""
+    lines = ["", "## Every cell", "", "| cell | model | task | attack | eps | clean score | attacked score | n |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c, cell in pairs:
+        m = measured.get(c["id"], {})
+        model = f"{cell.entry.name} + {cell.spec.vision_encoder}" if cell.spec.vision_encoder else cell.entry.name
+        eps = m.get("eps")
+        lines.append(f"| {c['id']} | {model} | {cell.task.name} | {cell.attack.name} | "
+                     f"{'—' if eps is None else f'{float(eps) * 255:.3g}/255'} | {_f(_value(m, 'clean_score'))} | "
+                     f"{_f(_value(m, 'adv_score'))} | {m.get('n', 0)} |")
+    return "\n".join(lines) + "\n"
 
 
 def with_cells(spec: PaperSpec, cells: list[dict[str, Any]]) -> PaperSpec:

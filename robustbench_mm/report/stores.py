@@ -100,6 +100,9 @@ def _store_cells(root: Path) -> dict[tuple[Any, ...], Cell]:
         raise StoreError(f"store {root} has no finished protocol cells (plain `mmrobust run/grid` cells are not "
                          f"ranked); fill it with `mmrobust benchmark ... --out {root}`")
     asr["eps"] = asr["eps"].astype(float).round(EPS_DIGITS)
+    if "vision_encoder" in asr:  # a VLM with a swapped tower is its own entry, named with its encoder
+        enc = asr["vision_encoder"].fillna("").astype(str)
+        asr.loc[enc != "", "model"] = asr["model"].astype(str) + " + " + enc
     # per key: the largest n, then the newest run (a store resumed with a bigger n supersedes itself)
     asr = asr.sort_values(["n", "created_at"]).drop_duplicates(ENTRY_KEY, keep="last")
     samples, certified = store.read("samples"), store.read("certified")

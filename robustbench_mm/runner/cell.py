@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import pandas as pd
@@ -27,6 +27,7 @@ from robustbench_mm.runner.shards import SHARD_CERTIFICATES, batch_random_state,
 from robustbench_mm.runner.retrieval_eval import evaluate_retrieval
 from robustbench_mm.runner.store import ResultStore
 from robustbench_mm.runner.summary import cell_meta, empty_tables, summary_row
+from robustbench_mm.runner.vision_encoder import with_encoder
 from robustbench_mm.tasks.retrieval import is_retrieval
 
 log = logging.getLogger(__name__)
@@ -55,11 +56,12 @@ def run_cell(spec: CellSpec | ResolvedCell, *, store: ResultStore, force: bool =
         log.info("cell %s already in %s; skipped", cell.cell_id, store.root)
         return CellSummary(cell.cell_id, "skipped", store.cell_row(cell.cell_id) or {})
     start = time.time()
-    model = load_model(cell.model_name, LoadOptions(device=str(device), dtype=cell.spec.load_dtype,
-                                                    allow_pickle=cell.spec.allow_pickle,
-                                                    trust_remote_code=cell.spec.trust_remote_code,
-                                                    revision=cell.entry.revision or cell.spec.revision,
-                                                    device_map=cell.spec.device_map))
+    options = LoadOptions(device=str(device), dtype=cell.spec.load_dtype, allow_pickle=cell.spec.allow_pickle,
+                          trust_remote_code=cell.spec.trust_remote_code,
+                          revision=cell.entry.revision or cell.spec.revision, device_map=cell.spec.device_map)
+    model = load_model(cell.model_name, options)
+    if cell.encoder is not None:  # a width or grid mismatch raises here, before anything is written
+        model = with_encoder(model, cell.encoder, str(cell.spec.vision_encoder), replace(options, revision=None))
     if cell.spec.compile:
         model.compile_for_attacks()
     checkpoint = Checkpoint.for_cell(store, cell)

@@ -21,6 +21,7 @@ from robustbench_mm.runner.protocol import protocol_attack_preset
 from robustbench_mm.runner.registration import register_all
 from robustbench_mm.runner.shards import parse_shard
 from robustbench_mm.runner.store import SCHEMA_VERSION
+from robustbench_mm.runner.vision_encoder import encoder_config, encoder_entry
 from robustbench_mm.tasks.base import TASKS, Task
 
 FAMILY_CAPABILITIES = {
@@ -64,6 +65,7 @@ class CellSpec:
     protocol: str = ""  # a protocol preset (tasks/protocols/) naming the attack; "" = the attack preset above
     verdict_draws: int | None = None  # fresh draws per verdict for randomized defenses; None = default 16
     shard: str | None = None  # "i/k": run only that slice of the cell's batches (runner.shards); not identity
+    vision_encoder: str | None = None  # a CLIP encoder in place of a LLaVA / BLIP-2 tower (runner.vision_encoder)
 
 
 @dataclass
@@ -82,6 +84,7 @@ class ResolvedCell:
     verdict_draws: int = 1  # draws of the verdict procedure (1 = one fp32 forward; k for randomized defenses)
     protocol: str = ""  # protocol id recorded in the tables, e.g. mm-aa/standard/v1
     verdict_rule: str = DEFAULT_RULE  # how member verdicts and the final one combine (attacks.verdict_rule)
+    encoder: ModelEntry | None = None  # the --vision-encoder CLIP model, if any
 
     def config(self) -> dict[str, Any]:
         """Everything that determines the cell's numbers (hashed into ``cell_id``)."""
@@ -90,6 +93,8 @@ class ResolvedCell:
 
 def cell_config(entry: ModelEntry, attack: Preset, defense: Preset, task: Preset, spec: CellSpec) -> dict[str, Any]:
     extra = {"load_dtype": spec.load_dtype} if spec.load_dtype != "fp32" else {}  # fp32 cells keep their old ids
+    if spec.vision_encoder:  # only then: cells without a swapped tower keep their ids
+        extra["vision_encoder"] = encoder_config(entry_for_encoder(spec, entry), spec.vision_encoder)
     return {**extra,
         "schema_version": SCHEMA_VERSION,
         "model": {"name": entry.name, "source": entry.source, "weights": entry.fingerprint()},
@@ -111,6 +116,7 @@ def resolve(spec: CellSpec) -> ResolvedCell:
     if spec.revision and not entry.is_hub():
         raise ConfigError(f"--revision applies to Hugging Face ids; {entry.name!r} is bundled or a local directory")
     check_available(entry)
+    encoder = entry_for_encoder(spec, entry) if spec.vision_encoder else None
     overrides = {"eps": spec.eps, "steps": spec.steps, "norm": spec.norm}
     if spec.dtype == "bf16":  # --dtype bf16: the search runs under bf16 autocast; verdicts stay fp32
         overrides["search_dtype"] = "bf16"
@@ -149,7 +155,11 @@ def resolve(spec: CellSpec) -> ResolvedCell:
     if protocol is not None:
         config["protocol"] = protocol.config()
     return ResolvedCell(spec, model_name, entry, attack_preset, defense_preset, task_preset, attack, defense, task,
-                        stable_hash(config), certify, draws, protocol.id if protocol is not None else "", rule)
+                        stable_hash(config), certify, draws, protocol.id if protocol is not None else "", rule, encoder)
+
+
+def entry_for_encoder(spec: CellSpec, entry: ModelEntry) -> ModelEntry:
+    return encoder_entry(str(spec.vision_encoder), entry)
 
 
 def verdict_draws(spec: CellSpec, defense: Defense, protocol: Any = None) -> int:

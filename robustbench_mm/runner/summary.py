@@ -73,6 +73,7 @@ def summary_row(cell: ResolvedCell, model: Any, device: torch.device, tables: di
         "certified_accuracy": certified_at(tables.get("certified"), threat["norm"], threat["eps"] or 0.0),
         **({"shard": cell.spec.shard} if cell.spec.shard else {}),  # a slice, until `mmrobust merge`
         **retrieval_columns(cell, samples),
+        "vision_encoder": cell.spec.vision_encoder or "",
     }
 
 

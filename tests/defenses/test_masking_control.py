@@ -33,7 +33,8 @@ def _setup() -> tuple[Any, Any]:
     return task, batch
 
 
-def robust_accuracy(model: Any, task: Any, batch: Any, *, margin: bool = False, ce_only: bool = False) -> float:
+def robust_accuracy(model: Any, task: Any, batch: Any, *, margin: bool = False, ce_only: bool = False,
+                    eps: float = EPS) -> float:
     """Robust accuracy by the verdict after the protocol's white-box members (or APGD-CE alone)."""
     verdict = Verdict(task, 1)
     clean = verdict.correct(model, batch)
@@ -43,12 +44,12 @@ def robust_accuracy(model: Any, task: Any, batch: Any, *, margin: bool = False, 
     objective = task.objective("ce")
     gen = torch.Generator().manual_seed(0)
     if ce_only:
-        res = APGD(norm="linf", eps=EPS, steps=STEPS).perturb(model, sub, objective, generator=gen)
+        res = APGD(norm="linf", eps=eps, steps=STEPS).perturb(model, sub, objective, generator=gen)
     else:
         members = load_protocol("standard-v1").families["classification"]
         names = members.members[:2] + (members.rescales_logits if margin else ())
         assert names[:2] == ("apgd-ce", "apgd-t")
-        attack = Ensemble(attacks=names, norm="linf", eps=EPS, steps=STEPS)
+        attack = Ensemble(attacks=names, norm="linf", eps=eps, steps=STEPS)
         attack.members[1].n_targets = 3  # type: ignore[attr-defined]
         res = attack.perturb(model, sub, objective, generator=gen)
     return int(verdict.correct(model, sub.with_pixels(res.pixels)).sum()) / len(batch)

@@ -65,9 +65,13 @@ class TrainingDefense(Defense):
         """The shipped directory when its recipe hash matches, else the cache directory."""
         h = self.recipe_hash(model)
         shipped = self.shipped_dir(model)
+        if finished(shipped) and recorded_hash(shipped) == h:
+            return shipped
+        # the same recipe shipped under another preset name (``--defense fare --eps 2/255`` is fare2)
+        for other in sorted(SHIPPED_DIR.glob(f"*-{getattr(model, 'name', '')}")):
+            if other != shipped and finished(other) and recorded_hash(other) == h:
+                return other
         if finished(shipped):
-            if recorded_hash(shipped) == h:
-                return shipped
             log.warning("%s: shipped weights %s were trained for another recipe or base-model revision; "
                         "using the cache", self.name, shipped)
         return cache_root() / h
