@@ -74,7 +74,8 @@ def markdown(table: dict) -> str:
         return f"{v['clean'] * 100:.1f} | {v['robust'] * 100:.1f}"
 
     lines = ["# Robust CLIP encoders on the zoo (FARE, Sim-CLIP, TeCoA)", "",
-             "Measured by `python scripts/robust_encoders.py` (PGD linf, 10 steps, seed 0; every figure a stored "
+             f"Measured by `{table.get('command', 'python scripts/robust_encoders.py')}` at commit "
+             f"{table.get('git_commit', 'unrecorded')} (PGD linf, 10 steps, seed 0; every figure a stored "
              "cell). Clean accuracy is the same cell's unattacked accuracy, so it repeats across the two budgets.",
              "", f"## Zero-shot (fmnist-zeroshot, n={table['n']})", "",
              "| model / defense | clean @2/255 | robust @2/255 | clean @4/255 | robust @4/255 |",
@@ -98,7 +99,11 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(1)
-    table = {"n": args.n, "n_vlm": args.n_vlm, "zero_shot": zero_shot(args)}
+    from robustbench_mm.runner import provenance
+
+    # the commit the numbers come from (a -dirty commit is not one to publish) and how to rerun them
+    table = {"command": "python " + " ".join(sys.argv), "git_commit": provenance.git_commit(),
+             "created_at": provenance.now(), "n": args.n, "n_vlm": args.n_vlm, "zero_shot": zero_shot(args)}
     if not args.skip_vlm:
         table["vlm"] = in_vlms(args)
     Path(args.report + ".json").parent.mkdir(parents=True, exist_ok=True)
