@@ -22,6 +22,7 @@ learning rate are fitted to a 2-core CPU and the tiny zoo encoders; ``defenses/f
 from __future__ import annotations
 
 import copy
+from abc import abstractmethod
 from pathlib import Path
 from typing import Any, Callable
 
@@ -100,15 +101,18 @@ class EmbeddingFinetune(ClipFinetuneDefense):
     def measure(self, model: Any, module: nn.Module) -> dict[str, float]:
         return zero_shot_eval(model, n=self.eval_n, eps=self.eps, steps=self.eval_steps)
 
-    # -- what a subclass defines --
+    # -- what a subclass defines (abstract, as the template's hooks) --
+    @abstractmethod
     def objective(self, embedding_adv: Tensor, target: Tensor) -> Tensor:
-        raise NotImplementedError
+        """Per-sample loss between the adversarial embedding and ``target`` ``[B]``."""
 
+    @abstractmethod
     def attack_target(self, model: Any, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The embedding the inner attack moves away from (held fixed during the attack)."""
 
+    @abstractmethod
     def loss_target(self, model: Any, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The embedding the outer loss pulls the adversarial one towards."""
 
 
 @DEFENSES.register("fare")
