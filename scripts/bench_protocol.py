@@ -22,8 +22,6 @@ Writes ``results/bench/protocol-<date>-<device>.json``: provenance plus ``rows``
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import logging
 import time
 from pathlib import Path
@@ -182,11 +180,7 @@ def main() -> None:
            "versions": provenance.versions(), "protocol": load_protocol(LATEST["standard"]).id,
            "command": "python scripts/bench_protocol.py " + " ".join(
                f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()), "rows": rows}
-    kind = "cpu" if device.type == "cpu" else "gpu"
-    path = Path(args.out) / f"protocol-{dt.date.today().isoformat()}-{kind}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2))
-    print(f"wrote {path}")
+    provenance.write_bench_json(args.out, "protocol", "cpu" if device.type == "cpu" else "gpu", doc)
     for r in rows:
         print(f"{r['model']:11s} n={r['n']} eps={r['eps']:.4f}  ours {r['ours_s']:8.1f}s robust "
               f"{r['ours_robust_accuracy']:.3f} | {r['reference']}: {r['reference_s']:8.1f}s robust "

@@ -18,8 +18,6 @@ plus ``same_verdict``: the fraction of samples on which both budgets agree.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -81,10 +79,7 @@ def main() -> None:
                f"--{k} {v}" for k, v in vars(args).items() if k != "out"),
            "model": args.model, "defense": args.defense, "norm": "linf", "eps": "8/255",
            "member": "rand-apgd-ce (APGD-CE, 100 steps)", "rows": rows, "same_verdict": agree}
-    out = Path(args.out) / f"rand-eot-{dt.date.today().isoformat()}-{args.device}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2))
-    print(f"wrote {out}")
+    provenance.write_bench_json(args.out, "rand-eot", args.device, doc)
 
 
 def benchmarking_defense(name: str) -> object:

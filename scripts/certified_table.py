@@ -17,7 +17,6 @@ Writes ``results/bench/certified-<date>-<device>.json`` (command, commit, one ro
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import subprocess
@@ -97,10 +96,7 @@ def main() -> None:
            "command": "python scripts/certified_table.py " + " ".join(f"--{k} '{v}'" for k, v in vars(args).items()
                                                                    if k != "out"),
            "rows": rows, "sigma_grid": grid}
-    out = Path(args.out) / f"certified-{dt.date.today().isoformat()}-{args.device}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2))
-    print(f"wrote {out}")
+    provenance.write_bench_json(args.out, "certified", args.device, doc)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,6 @@ Writes ``results/bench/profile-<date>-<device>.json``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import tempfile
 import time
 from collections import defaultdict
@@ -227,11 +225,7 @@ def main() -> None:
            "versions": provenance.versions(), "threads": torch.get_num_threads(),
            "command": "python scripts/profile_protocol.py " + " ".join(
                f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"), "rows": rows}
-    kind = "cpu" if args.device == "cpu" else "gpu"
-    path = Path(args.out) / f"profile-{dt.date.today().isoformat()}-{kind}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2))
-    print(f"wrote {path}")
+    provenance.write_bench_json(args.out, "profile", "cpu" if args.device == "cpu" else "gpu", doc)
 
 
 if __name__ == "__main__":

@@ -49,3 +49,13 @@ def device_name(device: torch.device) -> str:
 
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def write_bench_json(out_dir: str | Path, name: str, device: str, doc: dict[str, object]) -> Path:
+    """Write a benchmark script's result ``doc`` to ``OUT/<name>-<date>-<device>.json`` (the
+    committed results/bench layout) and say where; returns the path."""
+    path = Path(out_dir) / f"{name}-{dt.date.today().isoformat()}-{device}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2))
+    print(f"wrote {path}")
+    return path
