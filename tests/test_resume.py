@@ -85,7 +85,7 @@ def test_progress_that_cannot_be_trusted_starts_over(tmp_path: Path, monkeypatch
         pd.testing.assert_frame_equal(rows, uninterrupted[table])
 
 
-def test_randomized_defense_without_its_rng_state_is_not_resumed() -> None:
+def test_randomized_defense_that_cannot_reseed_is_not_resumed() -> None:
     """A randomized defense that cannot restart its random state per batch (``reseed``) runs each cell whole."""
     from robustbench_mm.defenses.base import Defense
     from robustbench_mm.runner.resolve import resolve

@@ -59,14 +59,6 @@ class Defense(ABC):
         """Raise ``CapabilityError`` (one line naming a task that works) when this defense cannot be
         evaluated honestly on ``task``; the runner calls it before any model loads."""
 
-    def rng_state(self, defended: Any) -> Any:
-        """Random state the defended model carries from one batch to the next (none by default);
-        saved with a cell's finished batches so a resumed cell draws what an uninterrupted one would."""
-        return None
-
-    def set_rng_state(self, defended: Any, state: Any) -> None:
-        """Restore what ``rng_state`` returned."""
-
     def reseed(self, defended: Any, seed: int) -> None:
         """Restart the random state the defended model carries from ``seed``. The runner calls it
         before every batch, so a batch draws the same noise whichever batches ran before it (a shard

@@ -129,9 +129,7 @@ def evaluate(cell: ResolvedCell, model: Any, device: torch.device, progress: Pro
             attach_rs(batch_rows, cert)
         rows.extend(batch_rows)
         if checkpoint is not None:
-            checkpoint.save(CellProgress(k + 1, rows, cert_frames,
-                                         {"defense": cell.defense.rng_state(defended), "torch": torch.get_rng_state()},
-                                         gallery_capture.pending(cell.cell_id),
+            checkpoint.save(CellProgress(k + 1, rows, cert_frames, gallery_capture.pending(cell.cell_id),
                                          done.elapsed_s + time.time() - started))
         if progress:
             progress(len(batch))

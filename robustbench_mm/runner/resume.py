@@ -5,7 +5,7 @@ copies per forward). After every batch the cell's finished rows are saved in the
 (``DIR/progress/<cell_id>.pt``); rerunning the same command continues after the last saved batch.
 A resumed cell equals an uninterrupted one: attack randomness is per example, and the defense's noise
 generator and torch's global generator are seeded afresh for every batch (``runner.shards``), so
-nothing random carries from one batch to the next (the carried state is still saved, for inspection). Progress made at another commit is not reused (the cell records one
+nothing random carries from one batch to the next and none is saved. Progress made at another commit is not reused (the cell records one
 commit), nor progress that cannot be read: the cell then starts over, with a warning.
 """
 
@@ -23,17 +23,16 @@ import torch
 from robustbench_mm.runner.provenance import git_commit
 
 log = logging.getLogger(__name__)
-FORMAT = 1
+FORMAT = 2  # 2: no carried random state (every batch seeds itself)
 
 
 @dataclass
 class CellProgress:
-    """What a cell has finished: ``batches`` batches, their rows and certificates, the carried RNG."""
+    """What a cell has finished: ``batches`` batches, their rows and certificates, its gallery."""
 
     batches: int = 0
     rows: list[dict[str, Any]] = field(default_factory=list)
     cert: list[pd.DataFrame] = field(default_factory=list)
-    rng: dict[str, Any] = field(default_factory=dict)
     gallery: list[Any] = field(default_factory=list)
     elapsed_s: float = 0.0
 
@@ -47,7 +46,7 @@ class Checkpoint:
     @classmethod
     def for_cell(cls, store: Any, cell: Any) -> "Checkpoint | None":
         """The cell's checkpoint in ``store``; None for stores that keep no progress (workers) and for
-        randomized defenses that do not say what random state they carry (``Defense.rng_state``)."""
+        randomized defenses that cannot restart their random state per batch (``Defense.reseed``)."""
         from robustbench_mm.defenses.base import Defense
 
         where = getattr(store, "progress_file", None)

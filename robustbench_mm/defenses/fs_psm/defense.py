@@ -80,12 +80,6 @@ class FeatureSmoothing(Defense):
         defended.feature_transform = SmoothingTransform(self.sigma, self.n_inf, self.plugin(model), gen, self.chunk)
         return defended
 
-    def rng_state(self, defended: Any) -> Any:
-        return defended.feature_transform.generator.get_state()  # the inference noise
-
-    def set_rng_state(self, defended: Any, state: Any) -> None:
-        defended.feature_transform.generator.set_state(state)
-
     def reseed(self, defended: Any, seed: int) -> None:
         defended.feature_transform.generator.manual_seed(int(seed))
 
