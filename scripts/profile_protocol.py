@@ -12,8 +12,11 @@ decide which samples leave the cascade), ``final`` (the published verdict). Each
 encoder forward / backward images, LM forward / backward rows, wall seconds and share; each member
 also the samples alive when it starts (summed over batches) and ``floor_s``: the forward+backward
 passes its budget needs (alive x steps x restarts x targets x EOT, Square: alive x queries forwards)
-at the throughput measured on the same model, objective and batch size. Wall shares are only as
-quiet as the machine; the counts do not depend on it.
+at the throughput measured on the same model, objective and batch size; and ``floor_at_batch_s``:
+the same passes at the throughput of the mean batch the member's forwards actually had
+(``mean_batch``), which separates a member's own overhead (``wall_over_floor_at_batch``) from the
+cost of running on few samples. Wall shares are only as quiet as the machine; the counts do not
+depend on it.
 
 Writes ``results/bench/profile-<date>-<device>.json``.
 """
@@ -79,6 +82,7 @@ def instrument(model: Any, counter: Counter) -> Any:
 
     def counted(pixels: torch.Tensor) -> torch.Tensor:
         counter.add("encoder_fwd", len(pixels))
+        counter.add("encoder_calls", 1)
         out = raw(pixels)
         if out.requires_grad:
             n = len(pixels)
@@ -115,7 +119,9 @@ def budget(member: Any) -> tuple[float, float]:
     restarts = float(getattr(member, "restarts", 1) or 1)
     targets = float(getattr(member, "n_targets", 1) or 1)
     eot = float(getattr(member, "eot", 1) or 1)
-    cls = getattr(member, "cls_name", "")
+    cls = getattr(member, "cls_name", "") or type(member).__name__
+    if cls == "Square" and hasattr(member, "p_init"):  # ours: forward-only queries
+        return 0.0, steps * restarts
     if cls == "Square":
         return 0.0, steps * float(member.options.get("n_restarts", 1))
     if cls == "FAB":
@@ -183,6 +189,14 @@ def profile_entry(model: str, defense: str, task: str, n: int, device: str, batc
     batch = batch.with_pixels(batch.pixels.to(m.device))
     fb_rate, f_rate = throughput(defended, cell.task.objective(), batch, counter)
     draws = float(getattr(cell.defense, "draws_per_forward", 1) or 1)
+    at_batch: dict[int, tuple[float, float]] = {}  # throughput at the batch sizes the members ran
+
+    def rates_at(size: int) -> tuple[float, float]:
+        if size not in at_batch:
+            at_batch[size] = throughput(defended, cell.task.objective(), batch.take(torch.arange(size) % len(batch)),
+                                        counter)
+        return at_batch[size]
+
     phases = {}
     measured = sum(s["wall_s"] for k, s in counter.stats.items() if k not in ("setup", "throughput", "after"))
     for name, s in counter.stats.items():
@@ -195,6 +209,13 @@ def profile_entry(model: str, defense: str, task: str, n: int, device: str, batc
             fb, fo = budget(member)
             row["floor_s"] = round(s["alive"] * draws * (fb / fb_rate + fo / f_rate), 2)
             row["wall_over_floor"] = round(s["wall_s"] / row["floor_s"], 2) if row["floor_s"] else None
+            size = max(1, round(s["encoder_fwd"] / s["encoder_calls"])) if s.get("encoder_calls") else 0
+            if size:  # the same passes at the throughput of the batch size the member actually ran
+                fb_b, f_b = rates_at(size)
+                row["mean_batch"] = size
+                row["floor_at_batch_s"] = round(s["alive"] * draws * (fb / fb_b + fo / f_b), 2)
+                row["wall_over_floor_at_batch"] = (round(s["wall_s"] / row["floor_at_batch_s"], 2)
+                                                   if row["floor_at_batch_s"] else None)
         phases[name] = row
     top = sorted(phases.items(), key=lambda kv: -kv[1]["wall_s"])
     return {"model": model, "defense": defense, "task": task, "protocol": protocol.id, "n": n,

@@ -31,11 +31,12 @@ from robustbench_mm.attacks.guard import check_valid
 from robustbench_mm.attacks.objectives import ModuleObjective, bound, has_logits
 from robustbench_mm.attacks.evaluation import evaluate, keep_rows, syncs_are_free
 from robustbench_mm.attacks.verdict import judge_run, verdict_of
-from robustbench_mm.attacks.worst_case import RunResult, fold_worst_case, rows_like
+from robustbench_mm.attacks.worst_case import RunResult, fold_worst_case, merge, rows_like
 from robustbench_mm.errors import CapabilityError, ConfigError
 from robustbench_mm.types import AttackResult, Batch, Norm, Objective
 
 LossName = Literal["ce", "dlr", "margin"]
+STACKED_ROWS = 256  # APGD-T rows (sample x target) run side by side; more targets wait for the next chunk
 
 
 def boundary_start(x: Tensor, norm: Norm, eps: float, generator: torch.Generator,
@@ -279,11 +280,20 @@ class APGDTargeted(APGD):
         order = verdict_of(batch).mean_logits(bound(base, batch).logits, model, x).argsort(dim=1, descending=True)
         n_t = min(self.n_targets, order.shape[1] - 1)
         vehicle = TowardsTarget(base, self.loss or "dlr")
+        if self.restarts == 1 and verdict_of(batch).draws == 1:
+            out, used = self._stacked(model, batch, base, vehicle, order[:, 1:n_t + 1], generator)
+        else:
+            out, used = self._in_turn(model, batch, base, vehicle, order[:, 1:n_t + 1], generator)
+        return AttackResult(out.pixels.detach(), out.loss, used * self.restarts * (self.steps + 1) * self.eot)
+
+    def _in_turn(self, model: Any, batch: Batch, base: Any, vehicle: TowardsTarget, targets: Tensor,
+                 generator: torch.Generator) -> tuple[RunResult, int]:
+        """AutoAttack's loop: one target after the other, each on the samples still standing."""
+        x = batch.pixels.detach()
 
         def towards(k: int) -> Callable[[Tensor | None], RunResult]:
             def run(alive: Tensor | None) -> RunResult:
-                targets = order[:, k]  # k-th most likely class; the top one is the (clean-correct) label
-                sub = Batch(pixels=x, labels=batch.labels, index=batch.index, targets=targets, seeds=batch.seeds,
+                sub = Batch(pixels=x, labels=batch.labels, index=batch.index, targets=targets[:, k], seeds=batch.seeds,
                             extra=batch.extra)
                 sub = sub if alive is None else sub.select(alive)
                 res = self.attack_restarts(model, sub, vehicle, generator)
@@ -291,6 +301,45 @@ class APGDTargeted(APGD):
                     return RunResult(res.pixels, base(model, res.pixels, sub).float(), res.success)
             return run
 
-        out, used = fold_worst_case(x, (towards(k) for k in range(1, n_t + 1)))
-        out_x, out_loss = out.pixels, out.loss
-        return AttackResult(out_x.detach(), out_loss, used * self.restarts * (self.steps + 1) * self.eot)
+        return fold_worst_case(x, (towards(k) for k in range(targets.shape[1])))
+
+    def _stacked(self, model: Any, batch: Batch, base: Any, vehicle: TowardsTarget, targets: Tensor,
+                 generator: torch.Generator) -> tuple[RunResult, int]:
+        """The same result as ``_in_turn``, with several targets of a sample run side by side as rows of
+        one batch (late members run on a few standing samples; nine of them per target fill a batch).
+
+        Exact for one restart and a deterministic verdict: a row's trajectory depends only on its
+        sample, target and start, and each target's start is the one the loop in turn would draw.
+        The pick per sample is the loop's: the first target that breaks it, else the highest task
+        objective (earliest on ties). Targets of samples that an earlier one breaks do run here
+        (to their own first success); that costs work only on samples the member breaks."""
+        x, n, n_t = batch.pixels.detach(), len(batch), targets.shape[1]
+        starts, states = [], [generator.get_state()]
+        for _ in range(n_t):  # the loop in turn draws one start per target it runs, in this order
+            starts.append(boundary_start(x, self.norm, self.eps, generator, batch.seeds))  # type: ignore[arg-type]
+            states.append(generator.get_state())
+        out = RunResult(x.clone(), torch.full((n,), -math.inf, device=x.device), torch.zeros(n, dtype=torch.bool, device=x.device))
+        per_chunk = max(1, STACKED_ROWS // max(n, 1))
+        first = torch.full((n,), n_t, dtype=torch.long, device=x.device)  # first breaking target per sample
+        for k0 in range(0, n_t, per_chunk):
+            alive = ~out.success  # type: ignore[operator]
+            if not bool(alive.any()):
+                break
+            ks = range(k0, min(k0 + per_chunk, n_t))
+            rows = alive.nonzero().flatten()
+            idx = rows.repeat(len(ks))  # target-major: all standing samples for target k0, then k0+1, ...
+            sub = batch.take(idx)
+            sub.targets = torch.cat([targets[rows, k] for k in ks])
+            res = self.run_once(model, sub, vehicle, torch.cat([starts[k][rows] for k in ks]))
+            with torch.no_grad():
+                loss = base(model, res.pixels, sub).float()
+            for j, k in enumerate(ks):  # fold in target order: the loop in turn's pick
+                part = slice(j * len(rows), (j + 1) * len(rows))
+                succ = res.success[part] if res.success is not None else None
+                newly = rows[succ & ~out.success[rows]] if succ is not None else rows[:0]  # type: ignore[index]
+                first[newly] = k
+                merged = merge(out.pixels, out.loss, out.success, RunResult(res.pixels[part], loss[part], succ), rows)
+                out = RunResult(*merged)
+        used = n_t if bool((first == n_t).any()) else int(first.max()) + 1  # targets the loop in turn would run
+        generator.set_state(states[used])
+        return out, used

@@ -2,7 +2,8 @@
 the objects the resolver builds for a real cell (and, for torchattacks members, from the torchattacks
 object those settings construct). The expected values are AutoAttack's (``autoattack/autoattack.py``,
 version 'standard': APGD-CE 1 restart; APGD-T 9 targets, 1 restart; FAB-T 9 targets, 1 restart;
-Square p_init 0.8, 5,000 queries, 1 restart, resc_schedule False)."""
+Square p_init 0.8, 5,000 queries, 1 restart, resc_schedule False: our ``square`` member takes the
+unscaled schedule always). v2's ``aa-square`` (torchattacks' Square) is checked the same way."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ AUTOATTACK_STANDARD: dict[str, dict[str, Any]] = {
     "apgd-t": {"steps": 100, "restarts": 1, "loss": "dlr", "rho": 0.75, "momentum": 0.75, "eot": 1, "n_targets": 9},
     "ta-fab-t": {"steps": 100, "n_restarts": 1, "multi_targeted": True, "n_target_classes": 9, "alpha_max": 0.1,
                  "eta": 1.05, "beta": 0.9},
-    "aa-square": {"n_queries": 5000, "p_init": 0.8, "n_restarts": 1, "loss": "margin", "rescale_schedule": False},
+    "square": {"steps": 5000, "p_init": 0.8, "restarts": 1, "square_loss": "margin"},
 }
 
 
@@ -47,6 +48,15 @@ def test_standard_members_equal_autoattack_standard(norm: str, eps: float, ta_no
         assert {k: got.get(k) for k in expected} == expected, name
         assert float(got["eps"]) == pytest.approx(eps)
         assert got["norm"] in (norm, ta_norm)
+
+
+def test_v2_square_member_reads_back_autoattacks_settings() -> None:
+    cell = resolve(CellSpec(model="clip-tiny", attack="x", task="fmnist-zeroshot", norm="linf", eps=8 / 255, n=8,
+                            protocol="standard-v2"))
+    square = {m.name: m for m in cell.attack.members}["aa-square"]
+    got = _read_back(square)
+    assert {k: got[k] for k in ("n_queries", "p_init", "n_restarts", "loss", "rescale_schedule")} == {
+        "n_queries": 5000, "p_init": 0.8, "n_restarts": 1, "loss": "margin", "rescale_schedule": False}
 
 
 def test_torchattacks_square_default_differs_so_v1_member_is_not_autoattacks() -> None:
