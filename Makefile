@@ -30,9 +30,12 @@ run:
 LEADERBOARD ?= results/leaderboard/v1
 MANIFEST ?= $(LEADERBOARD)/manifest.yaml
 CARRY ?=
+# JOBS=2: stores built side by side; COST=path.json: the measured wall time per entry and in total
+JOBS ?= 1
+COST ?=
 
 leaderboard-stores:
-	MMROBUST=.venv/bin/mmrobust $(PY) -m robustbench_mm.report.manifest run $(MANIFEST)
+	MMROBUST=.venv/bin/mmrobust $(PY) -m robustbench_mm.report.manifest run $(MANIFEST) --jobs $(JOBS) $(if $(COST),--cost $(COST))
 
 leaderboard:
 	.venv/bin/mmrobust leaderboard $$($(PY) -m robustbench_mm.report.manifest stores $(MANIFEST) $(if $(CARRY),--existing)) \

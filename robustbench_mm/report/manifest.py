@@ -6,6 +6,7 @@ several sessions) and ``stores`` names the stores ``mmrobust leaderboard`` reads
 (``tasks/grids/nightly.yaml``) expands to the same kind of commands for the nightly run.
 
     python -m robustbench_mm.report.manifest run results/leaderboard/v1/manifest.yaml
+    python -m robustbench_mm.report.manifest run MANIFEST --jobs 2 --cost results/bench/leaderboard-cost-<date>-cpu.json
     python -m robustbench_mm.report.manifest stores results/leaderboard/v1/manifest.yaml
     python -m robustbench_mm.report.manifest grid nightly --stores DIR     # print the commands
 """
@@ -16,7 +17,6 @@ import argparse
 import logging
 import os
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import yaml
 
 from robustbench_mm.errors import ConfigError
+from robustbench_mm.report.manifest_runner import option, run_all, write_cost
 
 log = logging.getLogger(__name__)
 L2_EPS = 0.5  # docs/leaderboard.md: the standard protocol's l2 budget, a radius of every certificate grid
@@ -49,28 +50,23 @@ def load(path: str | Path) -> list[list[str]]:
     return out
 
 
-def option(argv: Sequence[str], name: str) -> str:
-    return argv[list(argv).index(name) + 1]
-
-
 def stores(commands: list[list[str]]) -> list[str]:
     """The distinct ``--out`` stores, in manifest order."""
     return list(dict.fromkeys(option(c, "--out") for c in commands))
 
 
-def run(commands: list[list[str]], mmrobust: str = "mmrobust", dry_run: bool = False) -> int:
-    """Run every command (finished cells are skipped by the store); returns how many failed."""
-    failed = 0
-    for k, argv in enumerate(commands, 1):
-        line = shlex.join([mmrobust, *argv[1:]])
-        print(f"[{k}/{len(commands)}] {line}", file=sys.stderr, flush=True)
-        if dry_run:
-            continue
-        rc = subprocess.call([mmrobust, *argv[1:]])
-        if rc != 0:
-            failed += 1
-            print(f"[{k}/{len(commands)}] exit {rc}; continuing", file=sys.stderr, flush=True)
-    return failed
+def run(commands: list[list[str]], mmrobust: str = "mmrobust", dry_run: bool = False, *, jobs: int = 1,
+        cost: str | None = None, manifest: str = "") -> int:
+    """Run every command (finished cells are skipped by the store; different stores side by side on
+    ``jobs`` workers); with ``cost``, write the measured wall time per entry and in total there.
+    Returns how many failed."""
+    import time
+
+    t0 = time.perf_counter()
+    records = run_all(commands, mmrobust, jobs=jobs, dry_run=dry_run)
+    if cost and not dry_run:
+        print(f"cost: {write_cost(cost, manifest, records, jobs, time.perf_counter() - t0)}", file=sys.stderr)
+    return sum(1 for r in records if r["rc"] != 0)
 
 
 def from_grid(preset: str, store: str, device: str | None = None) -> list[list[str]]:
@@ -106,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         s.add_argument("--dry-run", action="store_true")
         s.add_argument("--existing", action="store_true",
                        help="stores: only those already on disk (a partial build, with leaderboard --carry)")
+        s.add_argument("--jobs", type=int, default=1, help="run: local workers (entries of one store run in turn)")
+        s.add_argument("--cost", help="run: write the measured wall time per entry and in total to this JSON file")
     g = sub.add_parser("grid")
     g.add_argument("preset")
     g.add_argument("--stores", required=True)
@@ -121,7 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             commands = load(args.manifest)
         if args.cmd == "run":
-            return 1 if run(commands, mmrobust, args.dry_run) else 0
+            return 1 if run(commands, mmrobust, args.dry_run, jobs=args.jobs, cost=args.cost,
+                            manifest=args.manifest) else 0
         lines = stores(commands) if args.cmd == "stores" else [shlex.join(c) for c in commands]
         if args.cmd == "stores" and args.existing:
             lines = [s for s in lines if Path(s).is_dir()]
