@@ -36,7 +36,10 @@ from robustbench_mm.errors import CapabilityError, ConfigError
 from robustbench_mm.types import AttackResult, Batch, Norm, Objective
 
 LossName = Literal["ce", "dlr", "margin"]
-STACKED_ROWS = 256  # APGD-T rows (sample x target) run side by side; more targets wait for the next chunk
+# APGD-T rows (sample x target) run side by side, more targets wait for the next chunk. On one CPU
+# thread the per-sample cost of a forward+backward grows past a few dozen rows (docs/protocol.md), so
+# stacking there only fills small batches; an accelerator gains up to far larger batches.
+STACKED_ROWS = {"cpu": 64, "accelerator": 1024}
 
 
 def boundary_start(x: Tensor, norm: Norm, eps: float, generator: torch.Generator,
@@ -319,7 +322,8 @@ class APGDTargeted(APGD):
             starts.append(boundary_start(x, self.norm, self.eps, generator, batch.seeds))  # type: ignore[arg-type]
             states.append(generator.get_state())
         out = RunResult(x.clone(), torch.full((n,), -math.inf, device=x.device), torch.zeros(n, dtype=torch.bool, device=x.device))
-        per_chunk = max(1, STACKED_ROWS // max(n, 1))
+        cap = STACKED_ROWS["cpu" if x.device.type == "cpu" else "accelerator"]
+        per_chunk = max(1, cap // max(n, 1))
         first = torch.full((n,), n_t, dtype=torch.long, device=x.device)  # first breaking target per sample
         for k0 in range(0, n_t, per_chunk):
             alive = ~out.success  # type: ignore[operator]

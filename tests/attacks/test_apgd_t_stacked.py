@@ -18,7 +18,7 @@ def _both(model, x, y, monkeypatch, rows_per_chunk: int):  # type: ignore[no-unt
     attack = build("apgd-t", eps=EPS, steps=20, n_targets=9)
     batch = Batch(pixels=x, labels=y, index=torch.arange(len(x)), seeds=torch.arange(len(x)) * 7 + 3)
     objective = ModuleObjective(loss="ce")
-    monkeypatch.setattr(apgd, "STACKED_ROWS", rows_per_chunk)
+    monkeypatch.setitem(apgd.STACKED_ROWS, "cpu", rows_per_chunk)
     g_stacked = torch.Generator().manual_seed(0)
     stacked = attack.perturb(model, batch, objective, generator=g_stacked)
     g_turn = torch.Generator().manual_seed(0)
@@ -29,7 +29,7 @@ def _both(model, x, y, monkeypatch, rows_per_chunk: int):  # type: ignore[no-unt
     return stacked, turn, used, g_stacked, g_turn, attack
 
 
-@pytest.mark.parametrize("rows_per_chunk", [256, 40])  # all nine targets at once; a few targets per chunk
+@pytest.mark.parametrize("rows_per_chunk", [256, 72, 1])  # all nine at once; three per chunk; one
 def test_stacked_targets_equal_targets_in_turn(fmnist_model, eval_set, monkeypatch, rows_per_chunk: int) -> None:
     model, _ = fmnist_model
     x, y = eval_set.x[:24], eval_set.y[:24]
