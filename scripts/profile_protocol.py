@@ -3,6 +3,7 @@ share, and the floor its step budget needs at the model's raw batched throughput
 
     OMP_NUM_THREADS=1 python scripts/profile_protocol.py                       # committed CPU profile
     python scripts/profile_protocol.py --entries clip-tiny:none:fmnist-zeroshot --n 16 --device cuda
+    python scripts/profile_protocol.py --entries clip-tiny:none:fmnist-zeroshot:standard-v2,clip-tiny:none:fmnist-zeroshot:standard-v3
 
 Each ``model:defense:task`` entry runs ``mmrobust benchmark``'s first threat-model cell (the same
 resolver and runner, certificates off) on a model whose vision encoder (and language model, if any)
@@ -151,11 +152,12 @@ def throughput(model: Any, objective: Any, batch: Any, counter: Counter, repeats
     return rates[0], rates[1]
 
 
-def profile_entry(model: str, defense: str, task: str, n: int, device: str, batch_size: int) -> dict[str, Any]:
+def profile_entry(model: str, defense: str, task: str, n: int, device: str, batch_size: int,
+                  version: str = "auto") -> dict[str, Any]:
     from robustbench_mm import api, benchmarking, progress
 
     protocol, version, specs = benchmarking.plan(model, defense=defense, task=task, n=n, device=device,
-                                                 batch_size=batch_size, certify=False)
+                                                 version=version, batch_size=batch_size, certify=False)
     cell = api.resolve_cell(specs[0])
     counter = Counter()
     loaded: dict[str, Any] = {}
@@ -218,7 +220,7 @@ def profile_entry(model: str, defense: str, task: str, n: int, device: str, batc
                                                    if row["floor_at_batch_s"] else None)
         phases[name] = row
     top = sorted(phases.items(), key=lambda kv: -kv[1]["wall_s"])
-    return {"model": model, "defense": defense, "task": task, "protocol": protocol.id, "n": n,
+    return {"model": model, "defense": defense, "task": task, "protocol": protocol.id, "version": version, "n": n,
             "norm": cell.attack.norm, "eps": cell.attack.eps, "batch_size": batch_size,
             "wall_s": round(wall, 2), "robust_accuracy": float(summary.row["robust_accuracy"]),
             "encoder_images_per_s": {"fwd_bwd": round(fb_rate, 1), "fwd": round(f_rate, 1)},
@@ -227,16 +229,18 @@ def profile_entry(model: str, defense: str, task: str, n: int, device: str, batc
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--entries", default=ENTRIES, help="model:defense:task, comma-separated")
+    ap.add_argument("--entries", default=ENTRIES, help="model:defense:task[:version], comma-separated")
     ap.add_argument("--n", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default="results/bench")
+    ap.add_argument("--name", default="profile", help="file name stem: <name>-<date>-<device>.json")
     args = ap.parse_args()
     commit, started = provenance.git_commit(), provenance.now()
     rows = []
     for entry in filter(None, args.entries.split(",")):
-        rows.append(profile_entry(*entry.split(":"), args.n, args.device, args.batch_size))
+        model, defense, task, *version = entry.split(":")  # an optional 4th field pins a protocol version
+        rows.append(profile_entry(model, defense, task, args.n, args.device, args.batch_size, *version))
         r = rows[-1]
         print(f"{r['model']} / {r['defense']} / {r['protocol']}: {r['wall_s']} s, top {r['top_costs']}")
         for name, p in sorted(r["phases"].items(), key=lambda kv: -kv[1]["wall_s"]):
@@ -245,8 +249,8 @@ def main() -> None:
     doc = {"device": provenance.device_name(torch.device(args.device)), "created_at": started, "git_commit": commit,
            "versions": provenance.versions(), "threads": torch.get_num_threads(),
            "command": "python scripts/profile_protocol.py " + " ".join(
-               f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"), "rows": rows}
-    provenance.write_bench_json(args.out, "profile", "cpu" if args.device == "cpu" else "gpu", doc)
+               f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out", "name")), "rows": rows}
+    provenance.write_bench_json(args.out, args.name, "cpu" if args.device == "cpu" else "gpu", doc)
 
 
 if __name__ == "__main__":
