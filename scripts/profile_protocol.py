@@ -249,7 +249,7 @@ def main() -> None:
     doc = {"device": provenance.device_name(torch.device(args.device)), "created_at": started, "git_commit": commit,
            "versions": provenance.versions(), "threads": torch.get_num_threads(),
            "command": "python scripts/profile_protocol.py " + " ".join(
-               f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out", "name")), "rows": rows}
+               f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"), "rows": rows}
     provenance.write_bench_json(args.out, args.name, "cpu" if args.device == "cpu" else "gpu", doc)
 
 
