@@ -130,8 +130,15 @@ def compare_releases(release_a: str | Path, release_b: str | Path,
         if before is not None and after is not None:
             explanation = protocol_history.between(str(before["protocol"]), str(after["protocol"]), versions)
         changes.append(EntryChange(key, classify(before, after), before, after, explanation))
-    changes.sort(key=lambda c: (CHANGES.index(c.change), str(c.key)))
+    changes.sort(key=_reading_order)
     return ReleaseComparison(str(release_a), str(release_b), changes)
+
+
+def _reading_order(c: EntryChange) -> tuple[Any, ...]:
+    """Worst news first, then table by table (task, norm, eps) in the later rank order."""
+    task, norm, eps, model, defense = c.key
+    rank = (c.after or c.before or {}).get("rank", 0)
+    return CHANGES.index(c.change), task, norm, eps, int(rank), model, defense
 
 
 def classify(before: dict[str, Any] | None, after: dict[str, Any] | None) -> str:
