@@ -24,6 +24,7 @@ app.command()(inspect_commands.validate)
 store_app.command("check")(inspect_commands.store_check)
 store_app.command("repair")(inspect_commands.store_repair)
 app.command()(results_commands.leaderboard)
+app.command()(results_commands.compare)
 app.command()(training_commands.reproduce)
 
 __all__ = ["STATE", "app", "main"]

@@ -1,4 +1,4 @@
-"""Commands over the standard protocol and its results: ``benchmark``, ``leaderboard``, ``show``."""
+"""Commands over the standard protocol and its results: ``benchmark``, ``leaderboard``, ``compare``, ``show``."""
 
 from __future__ import annotations
 
@@ -86,6 +86,23 @@ def leaderboard(run_dirs: Annotated[Optional[list[str]], typer.Argument(
         typer.echo(f"error: {len(comparison.regressions)} regression(s) beyond the release's 95% interval: "
                    + "; ".join(comparison.regressions), err=True)
         raise typer.Exit(1)
+
+
+def compare(release_a: Annotated[str, typer.Argument(help="The earlier release folder, e.g. results/leaderboard/v1.")],
+            release_b: Annotated[str, typer.Argument(help="The later release folder, e.g. results/leaderboard/v2.")],
+            out: Annotated[Optional[str], typer.Option(
+                "--out", help="Also write PAGE_DIR/compare.html and compare.md.")] = None,
+            as_json: Annotated[bool, typer.Option("--json", help="Rows as a JSON array instead of the table.")] = False,
+            ) -> None:
+    """What changed between two leaderboard releases: robust accuracy, rank and the protocol change behind a move."""
+    from robustbench_mm.report import release_compare_view as view
+    from robustbench_mm.report.release_compare import compare_releases
+
+    result = compare_releases(release_a, release_b)
+    typer.echo(view.to_json(result) if as_json else view.text(result))
+    if out is not None:
+        paths = view.write_page(result, out)
+        typer.echo(f"comparison page -> {', '.join(str(p) for p in paths)}", err=True)
 
 
 def _verify(release: str, other_args: bool) -> None:

@@ -82,7 +82,8 @@ def _version(protocol: str) -> str:
     return parts[-2] if len(parts) >= 3 else str(protocol)
 
 
-def _page_globals() -> dict[str, Any]:
+def page_globals() -> dict[str, Any]:
+    """What every page of a release (and ``mmrobust compare --out``) shares: CSP, sort script."""
     js = (TEMPLATES / "sort.js").read_text()
     digest = base64.b64encode(hashlib.sha256(js.encode()).digest()).decode()
     csp = (f"default-src 'none'; img-src 'self' file: data:; style-src 'unsafe-inline'; "
@@ -147,7 +148,7 @@ def _swap(tmp: Path, out: Path) -> None:
 
 
 def _render(board: Board, root: Path, *, has_manifest: bool, carry: Path | None = None) -> int:
-    env, base = environment(), _page_globals()
+    env, base = environment(), page_globals()
     entries = board.entries
     for sub in ("entries", "cards", "plots", "gallery", samples_mod.FOLDER):
         (root / sub).mkdir()
