@@ -9,9 +9,9 @@ substitution (``bert_attack``). They differ in what guides each part:
   and adversarial captions summed over its rescaled copies, then the text again, from the clean
   captions, against the adversarial image at every scale.
 
-On zero-shot classification the text side is the class prompts (``prompt_substitution``): separate and
-text-first run there (the image PGD on the classification loss); set-guided needs caption sets and is
-refused, as LLaVA / BLIP-2 prompts are.
+On zero-shot classification the text side is the class prompts, on LLaVA / BLIP-2 each row's prompt
+(``prompt_substitution``): separate and text-first run there (the image PGD on the task's own loss);
+set-guided needs caption sets and is refused.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from robustbench_mm.attacks.masked_lm import BUNDLED_MLM, check_mlm
 from robustbench_mm.attacks.objectives import ClassifierObjective
 from robustbench_mm.attacks.pgd import PGD
 from robustbench_mm.attacks.prompt_substitution import (
-    adversarial_prompt_model, check_prompt_task, class_guides, substitute_class_prompts, with_prompts,
+    adversarial_prompt_model, check_prompt_task, class_guides, is_answer_objective, substitute_class_prompts,
+    substitute_prompts, with_prompts,
 )
 from robustbench_mm.attacks.retrieval_objective import (
     CAPTIONS_KEY, GUIDE_KEY, CaptionSetObjective, is_retrieval_objective, rescaled,
@@ -76,7 +77,8 @@ class JointAttack(Attack):
         check_prompt_task(self.name, objective)
         if self.order == "set-guided" and not is_retrieval_objective(objective):
             raise CapabilityError(f"attack {self.name or 'sga'!r}: set-level guidance needs a set of captions per "
-                                  f"image (a retrieval task); on zero-shot classification run co-attack or sep-attack")
+                                  f"image (a retrieval task); on classification and LLaVA/BLIP-2 tasks run co-attack or "
+                                  f"sep-attack")
 
     def verdict_model(self, model: Any) -> Any:
         """Zero-shot classification is judged with the last batch's substituted class prompts."""
@@ -84,6 +86,8 @@ class JointAttack(Attack):
 
     def perturb(self, model: Any, batch: Batch, objective: Objective, *, generator: torch.Generator) -> AttackResult:
         self.check_task(objective, frozenset())
+        if is_answer_objective(objective):
+            return self.perturb_answer_prompts(model, batch, objective, generator)
         if not is_retrieval_objective(objective):
             return self.perturb_class_prompts(model, batch, objective, generator)  # type: ignore[arg-type]
         captions: list[list[str]] = batch.extra[CAPTIONS_KEY]  # type: ignore[assignment]
@@ -115,6 +119,19 @@ class JointAttack(Attack):
         with torch.no_grad():
             loss = objective(self._prompt_model, image.pixels, batch).float()
         return AttackResult(image.pixels, loss, image.queries)
+
+    def perturb_answer_prompts(self, model: Any, batch: Batch, objective: Objective,
+                               generator: torch.Generator) -> AttackResult:
+        """LLaVA / BLIP-2: each row's prompt against its answer on the clean image, then the image PGD
+        with the clean prompts (separate) or the substituted ones (text-first); the runner generates
+        the judged answer from the returned prompt."""
+        prompts = substitute_prompts(model, batch, word_budget=self.word_budget, top_k=self.top_k, mlm=self.mlm)
+        substituted = replace(batch, prompts=prompts)
+        image = self.image_attack.perturb(model, batch if self.order == "separate" else substituted, objective,
+                                          generator=generator)
+        with torch.no_grad():
+            loss = objective(model, image.pixels, substituted).float()
+        return AttackResult(image.pixels, loss, image.queries, texts=[[p] for p in prompts])
 
     def describe(self) -> dict[str, Any]:
         return {"norm": self.norm or "none", "eps": float(self.eps or 0.0), "steps": self.steps}

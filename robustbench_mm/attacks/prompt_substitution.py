@@ -1,15 +1,17 @@
-"""The text side of word-substitution attacks on zero-shot classification: the class prompts.
+"""The text side of word-substitution attacks outside retrieval: class prompts and VLM prompts.
 
-A zero-shot classifier's text is one prompt per class, shared by every image. Each class's prompt is
+Zero-shot classification: one prompt per class, shared by every image. Each class's prompt is
 attacked as a caption whose images are the batch's images of that class (BERT-Attack's search in
 ``bert_attack.substitute_caption``, guided by their features): pushing it away from them lowers the
-true-class logit. Class names are protected (renaming a class changes the question, not the model).
-The runner judges the batch with the substituted prompts (``verdict_model``), so, as ``text-embed``,
-rows depend on which images share a batch.
+true-class logit. The runner judges the batch with the substituted prompts (``verdict_model``), so,
+as ``text-embed``, rows depend on which images share a batch.
 
-LLaVA / BLIP-2 prompts are not attacked here: their verdict generates an answer per image from the
-prompt, and a prompt substitution would need the answer's loss per candidate (a generation per
-word); ``check_prompt_task`` says so and names what runs instead.
+LLaVA / BLIP-2 (untargeted answer loss): each row's prompt (the question or instruction, before the
+adapter adds its chat format) is searched to raise the teacher-forced NLL of the row's reference
+answer; the attack returns it as the row's text and the runner generates the judged answer from it.
+
+Class names are protected in both (renaming a class, or naming one in the question, changes the
+question rather than attacking the model).
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustbench_mm.attacks.bert_attack import substitute_caption
-from robustbench_mm.attacks.objectives import ClassifierObjective, has_logits
+from robustbench_mm.attacks.bert_attack import substitute_caption, substitute_words
+from robustbench_mm.attacks.objectives import ClassifierObjective, LMObjective
 from robustbench_mm.attacks.retrieval_objective import PROTECTED_KEY, is_retrieval_objective, text_features
 from robustbench_mm.attacks.text_embed import AdversarialPromptModel
 from robustbench_mm.errors import CapabilityError
@@ -32,24 +34,41 @@ def is_class_prompt_objective(objective: Any) -> bool:
     return isinstance(objective, ClassifierObjective) and not objective.targeted
 
 
-def check_prompt_task(name: str, objective: Objective, *, classification: bool = True) -> None:
+def is_answer_objective(objective: Any) -> bool:
+    return isinstance(objective, LMObjective) and not objective.targeted
+
+
+def check_prompt_task(name: str, objective: Objective) -> None:
     """One clear error for a task whose text side this attack cannot substitute words in."""
-    if is_retrieval_objective(objective):
+    if is_retrieval_objective(objective) or is_answer_objective(objective):
         return
-    if classification and is_class_prompt_objective(objective):
+    if is_class_prompt_objective(objective):
         prompts = objective.class_prompts  # type: ignore[attr-defined]
         if prompts and not isinstance(prompts[0], str):
             raise CapabilityError(f"attack {name!r} substitutes words in one prompt per class; this task ensembles "
                                   f"several templates per class: keep one template (a copy of the task preset)")
         return
-    where = "zero-shot classification (untargeted) or retrieval" if classification else "retrieval"
-    if has_logits(objective) and not isinstance(objective, ClassifierObjective):  # LLaVA / BLIP-2 answers
-        raise CapabilityError(f"attack {name!r} substitutes words of CLIP text (captions, class prompts), not "
-                              f"LLaVA/BLIP-2 prompts; for those run an image attack (--attack pgd --eps 2/255) "
-                              f"or attack the CLIP prompts with --task fmnist-zeroshot / fmnist-retrieval")
-    raise CapabilityError(f"attack {name!r} substitutes words of captions or class prompts and needs a {where} "
-                          f"task, e.g. --task fmnist-retrieval or --task fmnist-zeroshot with a CLIP model; "
-                          f"for LLaVA/BLIP-2 prompts run an image attack (--attack pgd --eps 2/255)")
+    raise CapabilityError(f"attack {name!r} substitutes caption or prompt words against the task's own untargeted "
+                          f"loss: retrieval, zero-shot classification or LLaVA/BLIP-2 answers (loss lm); drop "
+                          f"--loss / the targeted variant, or run an image attack (--attack pgd --eps 2/255)")
+
+
+def substitute_prompts(model: Any, batch: Batch, *, word_budget: int, top_k: int, mlm: str) -> list[str]:
+    """Per row, its prompt with at most ``word_budget`` words substituted to raise the teacher-forced
+    NLL of its reference answer given its image (one forward pass per candidate, no generation)."""
+    assert batch.prompts is not None and batch.answers is not None
+    protected = frozenset(batch.extra.get(PROTECTED_KEY, frozenset()))  # type: ignore[arg-type]
+    out = []
+    for i, (prompt, answer) in enumerate(zip(batch.prompts, batch.answers)):
+        image = batch.pixels[i : i + 1]
+
+        def answer_nll(texts: list[str], image: Tensor = image, answer: str = answer) -> Tensor:
+            with torch.no_grad():
+                return model.lm_loss(image.expand(len(texts), -1, -1, -1), texts, [answer] * len(texts)).float().cpu()
+
+        out.append(substitute_words(model, prompt, answer_nll, word_budget=word_budget, top_k=top_k, mlm=mlm,
+                                    protected=protected))
+    return out
 
 
 def class_guides(model: Any, pixels: Tensor) -> Tensor:

@@ -1,5 +1,6 @@
-"""Joint attacks on zero-shot classification (the class prompts are the text side) and the one clear
-error for the combinations they do not support (SGA without caption sets, LLaVA / BLIP-2 prompts)."""
+"""Joint attacks outside retrieval: zero-shot classification (the class prompts are the text side),
+LLaVA / BLIP-2 (the prompt is), and the one clear error for what they do not support (SGA without
+caption sets, prompt ensembles, losses other than the task's own untargeted one)."""
 
 from __future__ import annotations
 
@@ -106,9 +107,55 @@ def test_prompt_ensembles_are_refused_with_the_fix() -> None:
         attack.check_task(ClassifierObjective([["a {c}", "a photo of a {c}"]]), frozenset())
 
 
-@pytest.mark.parametrize("model, task", [("llava-tiny", "fmnist-vqa"), ("blip2-tiny", "fmnist-caption")])
-def test_vlm_prompts_are_one_clear_error_exit_2(monkeypatch, capsys, tmp_path, model: str, task: str) -> None:  # type: ignore[no-untyped-def]
-    code, out, err = invoke(monkeypatch, capsys, "run", "--model", model, "--task", task, "--attack", "co-attack",
-                            "--n", "4", "--out", str(tmp_path / "store"))
-    assert code == 2 and "LLaVA/BLIP-2" in err and "--attack pgd" in err, out + err
+def test_vlm_prompt_substitution_raises_the_answer_loss_and_keeps_class_names() -> None:
+    from robustbench_mm.attacks.prompt_substitution import substitute_prompts
+
+    register_all()
+    task = build_preset(TASKS.get("caption"), load_preset("task", "fmnist-caption", TASKS))
+    model = load_model("blip2-tiny", LoadOptions(device="cpu"))
+    batch = task.load_examples(task.sample_indices(n=4, seed=0), model.image_size)
+    adversarial = substitute_prompts(model, batch, word_budget=1, top_k=10, mlm="bundled:caption-mlm")
+    assert adversarial != batch.prompts  # "Describe the image." has words to replace
+    protected = batch.extra[PROTECTED_KEY]
+    with torch.no_grad():
+        before = model.lm_loss(batch.pixels, batch.prompts, batch.answers)
+        after = model.lm_loss(batch.pixels, adversarial, batch.answers)
+    for clean, adv in zip(batch.prompts, adversarial):
+        a, b = clean.split(), adv.split()
+        assert len(a) == len(b) and sum(x != y for x, y in zip(a, b)) <= 1
+        assert not set(w.lower() for w in b) & protected
+    assert bool((after >= before - 1e-5).all()) and bool((after > before).any())
+
+
+def test_the_verdict_generates_from_the_substituted_prompts_within_the_budget() -> None:
+    from robustbench_mm.errors import ValidityError
+    from robustbench_mm.runner.batch_eval import substituted_prompts
+    from robustbench_mm.types import Batch
+
+    batch = Batch(pixels=torch.zeros(3, 3, 4, 4), labels=torch.zeros(3, dtype=torch.long), index=torch.arange(3),
+                  prompts=["Describe the image."] * 3)
+    attacked = torch.tensor([True, False, True])
+    sub = batch.select(attacked)
+    out = substituted_prompts(batch, attacked, sub, [["Describe the photo"], ["Describe a image."]], 1)
+    assert out == ["Describe the photo", "Describe the image.", "Describe a image."]
+    assert substituted_prompts(batch, attacked, sub, None, 1) == batch.prompts  # image-only attacks
+    with pytest.raises(ValidityError, match="budget 1"):
+        substituted_prompts(batch, attacked, sub, [["Explain a photo"], ["Describe the image."]], 1)
+
+
+def test_co_attack_runs_on_a_vlm_and_sga_there_is_one_clear_error_exit_2(monkeypatch, capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    code, out, err = invoke(monkeypatch, capsys, "run", "--model", "blip2-tiny", "--task", "fmnist-caption",
+                            "--attack", "co-attack", "--n", "4", "--out", str(tmp_path / "ok"))
+    assert code == 0, out + err
+    code, out, err = invoke(monkeypatch, capsys, "run", "--model", "llava-tiny", "--task", "fmnist-vqa",
+                            "--attack", "sga", "--n", "4", "--out", str(tmp_path / "store"))
+    assert code == 2 and "set-level guidance" in err and "co-attack" in err, out + err
     assert not (tmp_path / "store").exists()
+
+
+def test_other_losses_are_refused_with_the_fix() -> None:
+    from robustbench_mm.attacks.objectives import AnswerMarginObjective, LMObjective
+
+    for objective in (AnswerMarginObjective(), LMObjective(targeted=True), ClassifierObjective(["a {c}"], targeted=True)):
+        with pytest.raises(CapabilityError, match="untargeted loss.*--attack pgd"):
+            build("sep-attack").check_task(objective, frozenset())
