@@ -105,7 +105,7 @@ def test_joint_attacks_stay_in_budget_and_reuse_the_text_attack(clip_and_batch) 
 
 def test_bert_attack_refuses_classification_tasks() -> None:
     """bert-attack alone attacks captions only (the joint attacks also take class prompts:
-    tests/attacks/test_joint_zero_shot.py)."""
+    tests/attacks/test_joint_text_sides.py)."""
     from robustbench_mm.errors import CapabilityError
     from robustbench_mm.runner.resolve import CellSpec, resolve
 
