@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from robustbench_mm.attacks.masked_lm import known_word
 from robustbench_mm.attacks.retrieval_objective import NOT_INTRODUCED_KEY
 from robustbench_mm.errors import ConfigError
 from robustbench_mm.tasks.base import TASKS
@@ -47,6 +48,14 @@ class AttributeCaptionRetrieval(ImageTextRetrieval):
                               f"(not: {missing or 'no templates given'})")
         super().__init__(dataset=BUNDLED, templates=templates, classes=classes,
                          captions_per_image=captions_per_image, caption_seed=caption_seed)
+
+    def check_model(self, model: Any) -> None:
+        """The words that carry the ground truth must be words the model's tokenizer knows."""
+        missing = [w for pair in ATTRIBUTE_WORDS for w in pair if not known_word(model, w)]
+        if missing:
+            raise ConfigError(f"model {getattr(model, 'name', '?')!r} reads the attribute words {', '.join(missing)} "
+                              f"as unknown tokens, so task {self.name} would rank captions it cannot tell apart; "
+                              f"use a model trained on these captions: --model clip-tiny-captions")
 
     def _bits(self, row: dict[str, Any]) -> np.ndarray:
         image = np.asarray(row[self.image_column], dtype=np.uint8).reshape(1, 28, 28)

@@ -102,6 +102,10 @@ class ImageTextRetrieval(Task):
             extra[PROTECTED_KEY] = frozenset(w for c in self.classes for w in c.lower().split())
         return Batch(pixels=pixels, labels=labels, index=to_long(indices), extra=extra)
 
+    def check_model(self, model: Any) -> None:
+        """Raise ``ConfigError`` when ``model`` cannot read this task's captions (called once the model
+        is loaded, before any batch); every CLIP model can read the class-name captions."""
+
     def ground_truth_group(self, index: int, row: dict[str, Any]) -> int:
         """The group whose captions match this image: the class on the bundled set (many-to-many),
         else the image's own row."""

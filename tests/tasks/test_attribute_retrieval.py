@@ -95,3 +95,13 @@ def test_word_substitution_may_drop_an_attribute_word_but_swaps_only_when_allowe
     assert replaced & attribute  # the words the tower reads are the ones worth replacing
     assert not introduced & set(batch.extra[PROTECTED_KEY])
     assert bool(introduced & attribute) == swaps
+
+
+def test_a_model_that_cannot_read_the_attribute_words_is_one_clear_error_exit_2(monkeypatch, capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.cli_invoke import invoke
+
+    out = tmp_path / "store"
+    code, stdout, err = invoke(monkeypatch, capsys, "run", "--model", "clip-tiny", "--task", TASK, "--attack",
+                               "pgd", "--n", "4", "--out", str(out))
+    assert code == 2 and "dark" in err and "--model clip-tiny-captions" in err, stdout + err
+    assert not list(out.glob("cells/*/asr.parquet")) and not (out / "asr.parquet").exists()
