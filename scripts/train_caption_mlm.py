@@ -1,7 +1,9 @@
 """Train the bundled masked language model that proposes word substitutes to ``bert-attack``.
 
-A two-layer ``BertForMaskedLM`` with a whole-word vocabulary: every word of the bundled caption
-templates x Fashion-MNIST class names, so it runs offline and fits in the package (about 100 KB).
+A two-layer ``BertForMaskedLM`` with a whole-word vocabulary: every word of the bundled captions
+(the ``fmnist-retrieval`` templates x Fashion-MNIST class names, and every caption of
+``fmnist-captions-retrieval``: its templates x classes x attribute words), so it runs offline and
+fits in the package (about 100 KB).
 Training: each step masks one random word of each sampled caption and predicts it (masked-LM
 cross-entropy), so at each position it learns which caption words fit there.
 
@@ -22,16 +24,23 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+import yaml  # noqa: E402
 from zoo_common import CAPTION_TEMPLATES  # noqa: E402
 
 from robustbench_mm.attacks.masked_lm import BUNDLED_MLM_DIR  # noqa: E402
 from robustbench_mm.tasks.bundled import FMNIST_CLASSES  # noqa: E402
+from robustbench_mm.tasks.caption_attributes import every_caption  # noqa: E402
+
+ATTRIBUTE_TASK = ROOT / "tasks" / "fmnist-captions-retrieval.yaml"
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def captions() -> list[str]:
-    return [t.format(c=c) for t in CAPTION_TEMPLATES for c in FMNIST_CLASSES]
+    """The class-name template captions, then the attribute captions (the new words get new ids)."""
+    attribute_templates = yaml.safe_load(ATTRIBUTE_TASK.read_text())["params"]["templates"]
+    return ([t.format(c=c) for t in CAPTION_TEMPLATES for c in FMNIST_CLASSES]
+            + every_caption(attribute_templates, FMNIST_CLASSES))
 
 
 def build_tokenizer(texts: list[str]):  # type: ignore[no-untyped-def]
@@ -91,7 +100,7 @@ def train(out: Path, steps: int, seed: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=BUNDLED_MLM_DIR)
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     print(json.dumps(train(args.out, args.steps, args.seed)))

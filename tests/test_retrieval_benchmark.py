@@ -40,11 +40,19 @@ def test_benchmark_reports_recall_and_takes_the_worst_case_per_query(
     assert (worst["ir_r1_adv"] <= pgd.loc[worst.index, "ir_r1_adv"]).all()
     broken = worst[worst["success"]]
     assert broken["broken_by"].isin(["pgd", "sep-attack", "co-attack", "sga"]).all() and len(broken) > 0
-    # the store makes a leaderboard section whose clean/robust numbers are image->text R@1
+    # the store makes a leaderboard section with Recall@1 clean and robust in both directions
     code, _, _ = invoke(monkeypatch, capsys, "leaderboard", str(out), "--out", str(tmp_path / "board"))
     board = (tmp_path / "board" / "leaderboard.md").read_text()
     assert code == 0 and "## fmnist-retrieval" in board and "mm-retrieval/standard/v1" in board
-    assert f"{row['tr_r1_adv'] * 100:.1f}%" in board
+    line = next(x for x in board.splitlines() if x.startswith("| 1 |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert "text->image R@1 robust" in board and "image->text R@1 clean" in board
+    assert cells[4] == f"{row['tr_r1_clean'] * 100:.1f}%" and cells[5].startswith(f"[{row['tr_r1_adv'] * 100:.1f}%]")
+    assert cells[6:8] == [f"{row['ir_r1_clean'] * 100:.1f}%", f"{row['ir_r1_adv'] * 100:.1f}%"]
+    entries = pd.read_parquet(tmp_path / "board" / "entries.parquet")
+    assert entries["ir_r1_robust"].iloc[0] == pytest.approx(row["ir_r1_adv"])
+    html = (tmp_path / "board" / "index.html").read_text()
+    assert "text&rarr;image R@1 robust" in html
 
 
 def test_rand_version_has_no_retrieval_protocol() -> None:

@@ -17,7 +17,7 @@ their image, and the budget is counted in words, so the search is written here (
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -25,7 +25,7 @@ from torch import Tensor
 from robustbench_mm.attacks.base import ATTACKS, Attack
 from robustbench_mm.attacks.masked_lm import BUNDLED_MLM, check_mlm, known_word, mask_predictions, unknown_token
 from robustbench_mm.attacks.retrieval_objective import (
-    CAPTIONS_KEY, PROTECTED_KEY, is_retrieval_objective, text_features,
+    CAPTIONS_KEY, NOT_INTRODUCED_KEY, PROTECTED_KEY, is_retrieval_objective, text_features,
 )
 from robustbench_mm.errors import CapabilityError, ConfigError
 from robustbench_mm.types import AttackResult, Batch, Objective
@@ -55,29 +55,40 @@ def _proposals(mlm: str, words: tuple[str, ...], position: int, top_k: int) -> t
 
 
 def substitute_caption(model: Any, caption: str, guide: Tensor, *, word_budget: int, top_k: int, mlm: str,
-                       protected: frozenset[str] = frozenset()) -> str:
+                       protected: frozenset[str] = frozenset(), not_introduced: frozenset[str] = frozenset()) -> str:
     """``caption`` with at most ``word_budget`` words substituted to raise its loss against ``guide``;
-    stop words and ``protected`` words (lower case) are never replaced, nor ``protected`` ones introduced."""
+    stop words and ``protected`` words (lower case) are never replaced, nor ``protected`` ones introduced;
+    ``not_introduced`` words may be replaced but never become a substitute."""
+    return substitute_words(model, caption, lambda texts: caption_loss(model, texts, guide), word_budget=word_budget,
+                            top_k=top_k, mlm=mlm, protected=protected, not_introduced=not_introduced)
+
+
+def substitute_words(model: Any, text: str, loss_of: Callable[[list[str]], Tensor], *, word_budget: int, top_k: int,
+                     mlm: str, protected: frozenset[str] = frozenset(),
+                     not_introduced: frozenset[str] = frozenset()) -> str:
+    """The BERT-Attack search on any text whose loss ``loss_of(texts) -> [T]`` the attacker raises (a
+    caption against its image, a prompt against its answer); the word rules of ``substitute_caption``."""
     stop_words = STOP_WORDS | protected
-    words = caption.split()
+    refused = stop_words | not_introduced
+    words = text.split()
     positions = [i for i, w in enumerate(words) if w.lower() not in stop_words]
     if word_budget == 0 or not positions:
-        return caption
-    base = float(caption_loss(model, [caption], guide)[0])
+        return text
+    base = float(loss_of([text])[0])
     unk = unknown_token(model)
     masked = [" ".join(words[:i] + ([unk] if unk else []) + words[i + 1 :]) for i in positions]
-    importance = caption_loss(model, masked, guide) - base
+    importance = loss_of(masked) - base
     order = [positions[j] for j in importance.argsort(descending=True).tolist()]
     current, current_loss, changed = list(words), base, 0
     for pos in order:
         if changed >= word_budget:
             break
         candidates = [w for w in _proposals(mlm, tuple(current), pos, top_k)
-                      if w.lower() != words[pos].lower() and w.lower() not in stop_words and known_word(model, w)]
+                      if w.lower() != words[pos].lower() and w.lower() not in refused and known_word(model, w)]
         if not candidates:
             continue
         texts = [" ".join(current[:pos] + [w] + current[pos + 1 :]) for w in candidates]
-        losses = caption_loss(model, texts, guide)
+        losses = loss_of(texts)
         best = int(losses.argmax())
         if float(losses[best]) > current_loss:
             current[pos], current_loss, changed = candidates[best], float(losses[best]), changed + 1
@@ -89,8 +100,10 @@ def substitute_captions(model: Any, batch: Batch, guides: Tensor, *, word_budget
     """Every caption of every row of ``batch`` attacked against its row's guide features ``guides`` ``[B,S,D]``."""
     captions: list[list[str]] = batch.extra[CAPTIONS_KEY]  # type: ignore[assignment]
     protected = frozenset(batch.extra.get(PROTECTED_KEY, frozenset()))  # type: ignore[arg-type]
+    not_introduced = frozenset(batch.extra.get(NOT_INTRODUCED_KEY, frozenset()))  # type: ignore[arg-type]
     return [[substitute_caption(model, c, guides[i], word_budget=word_budget, top_k=top_k, mlm=mlm,
-                                protected=protected) for c in caps] for i, caps in enumerate(captions)]
+                                protected=protected, not_introduced=not_introduced) for c in caps]
+            for i, caps in enumerate(captions)]
 
 
 def check_retrieval(name: str, objective: Objective) -> None:

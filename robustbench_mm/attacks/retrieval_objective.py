@@ -24,6 +24,10 @@ GUIDE_KEY = "guide_captions"  # list[list[str]]: captions that guide the image a
 # images a caption matches (the class names of the bundled set); swapping one would change the
 # ground truth instead of attacking the model
 PROTECTED_KEY = "protected_words"
+# frozenset[str]: words a text attack may replace but not introduce (the attribute words of the
+# attribute-caption set): putting one in would make the caption state another attribute of the
+# image, a false caption rather than an attack; taking one out only makes the caption vaguer
+NOT_INTRODUCED_KEY = "not_introduced_words"
 
 
 def text_features(model: Any, texts: Sequence[str]) -> Tensor:

@@ -88,6 +88,9 @@ _ENTRIES = [
     ModelEntry("openclip-tiny", "clip", _OPEN_CLIP, "openclip-tiny", bundled=True),
     ModelEntry("llava-tiny", "llava", _LLAVA, "llava-tiny", bundled=True),
     ModelEntry("blip2-tiny", "blip2", _BLIP2, "blip2-tiny", bundled=True),
+    # clip-tiny fine-tuned on per-image attribute captions (scripts/train_caption_clip.py), for
+    # fmnist-captions-retrieval: a text tower that reads words besides the class name
+    ModelEntry("clip-tiny-captions", "clip", _HF_CLIP, "clip-tiny-captions", bundled=True),
     # real checkpoints
     ModelEntry("clip-vit-b-32", "clip", _HF_CLIP, "openai/clip-vit-base-patch32", params=151_000_000),
     ModelEntry("clip-vit-l-14", "clip", _HF_CLIP, "openai/clip-vit-large-patch14", params=428_000_000),

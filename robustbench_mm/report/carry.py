@@ -24,6 +24,8 @@ from robustbench_mm.report.entries import columns, schema
 from robustbench_mm.report.stores import ENTRY_KEY, EPS_DIGITS
 
 RANK_LINE = re.compile(r"Rank \d+ of \d+\.")
+# entries columns added after schema version 1 was first released; an older release lacks them
+ADDED_COLUMNS = ("ir_r1_clean", "ir_r1_robust")
 
 
 def entry_key(row: dict[str, Any] | pd.Series) -> tuple[Any, ...]:
@@ -54,6 +56,10 @@ def read_release(path: str | Path, exclude: Iterable[tuple[Any, ...]] = ()) -> p
     except (OSError, ValueError, AttributeError) as exc:
         raise StoreError(f"--carry {root} is unreadable ({exc}); rebuild it from its stores with "
                          f"`make leaderboard`") from None
+    for name in ADDED_COLUMNS:  # a release from before these columns: none of its entries is retrieval
+        if name not in df.columns:
+            df[name] = np.nan
+    df = df[[c for c in columns() if c in df.columns] + [c for c in df.columns if c not in columns()]]
     if version != schema()["schema_version"] or list(df.columns) != columns():
         raise StoreError(f"--carry {root} has entries schema version {version}, this mmrobust writes version "
                          f"{schema()['schema_version']}; rebuild it from its stores with `make leaderboard`")

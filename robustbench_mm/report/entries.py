@@ -91,7 +91,7 @@ def entry_row(key: dict[str, Any], cell: Cell) -> dict[str, Any]:
     return {
         **key, "protocol": str(r.get("protocol", "")), "rank": 0,
         "clean_accuracy": float(r["clean_accuracy"]), "robust_accuracy": robust, "robust_low": lo,
-        "robust_high": hi, "asr": float(r["asr"]), **cert["values"],
+        "robust_high": hi, "asr": float(r["asr"]), **text_to_image(r), **cert["values"],
         "flags": flags(r, cert, robust), "n": n, "seed": int(r["seed"]),
         "weights_revision": str(r.get("model_revision") or ""), "git_commit": str(r.get("git_commit") or ""),
         "created_at": str(r.get("created_at") or ""), "detail": f"entries/{s}.html",
@@ -99,6 +99,16 @@ def entry_row(key: dict[str, Any], cell: Cell) -> dict[str, Any]:
         "defense_card": f"cards/defense-{slug(key['defense'])}.html",
         "paper": paper_of(key["defense"], defense_impl).get("url", ""),
     }
+
+
+def text_to_image(row: pd.Series) -> dict[str, float]:
+    """Text->image Recall@1 clean and robust of a retrieval cell (its other direction, image->text,
+    is the entry's clean and robust accuracy); NaN for every other task."""
+    def value(name: str) -> float:
+        v = row.get(name)
+        return float(v) if v is not None and not pd.isna(v) else math.nan
+
+    return {"ir_r1_clean": value("ir_r1_clean"), "ir_r1_robust": value("ir_r1_adv")}
 
 
 def sound_rows(certified: pd.DataFrame) -> pd.DataFrame:

@@ -98,7 +98,9 @@ def groups(entries: pd.DataFrame) -> list[dict[str, Any]]:
         rows = g.sort_values("rank").to_dict("records")
         out.append({"task": task, "norm": norm, "eps": eps, "eps_text": fmt_eps(eps),
                     "anchor": slug(task, norm, fmt_eps(eps)), "rows": rows,
-                    "certified": bool(g["certified_accuracy"].notna().any())})
+                    "certified": bool(g["certified_accuracy"].notna().any()),
+                    # retrieval: clean/robust are image->text R@1; text->image gets its own columns
+                    "retrieval": bool(g["ir_r1_clean"].notna().any())})
     return out
 
 

@@ -16,6 +16,7 @@ from robustbench_mm.attacks.verdict import VERDICT_KEY, Verdict
 from robustbench_mm.attacks.verdict_rule import DEFAULT_RULE, BreakLedger, member_broken, published_correct
 from robustbench_mm.runner import gallery_capture
 from robustbench_mm.runner.resolve import ResolvedCell
+from robustbench_mm.runner.retrieval_eval import check_word_budget
 from robustbench_mm.runner.scores import add_sample_scores
 from robustbench_mm.tasks.base import as_list
 from robustbench_mm.types import Batch
@@ -56,6 +57,7 @@ def evaluate_batch(cell: ResolvedCell, model: Any, objective: Any, batch: Batch)
     by_member = [""] * len(batch)
     member_draws = [0] * len(batch)  # wrong draws of the check that first broke the sample
     verdict_model = model
+    adv_prompts = batch.prompts
     grad_norm = torch.full((len(batch),), float("nan"))
     if bool(clean_ok.any()):
         sub = batch.select(clean_ok.to(batch.pixels.device))
@@ -75,7 +77,8 @@ def evaluate_batch(cell: ResolvedCell, model: Any, objective: Any, batch: Batch)
             by_member[r], member_draws[r] = name, w
         # text-side attacks (text-embed) are judged with the adversarial class embeddings
         verdict_model = attack.verdict_model(model) if hasattr(attack, "verdict_model") else model
-    adv_batch = batch.with_pixels(x_adv)
+        adv_prompts = substituted_prompts(batch, clean_ok, sub, result.texts, getattr(attack, "word_budget", None))
+    adv_batch = dataclasses.replace(batch.with_pixels(x_adv), prompts=adv_prompts)
     adv_pred, draw_fraction = verdict.judge(verdict_model, adv_batch)  # fp32 verdict (k fresh draws if randomized)
     if verdict_model is not model and isinstance(adv_pred, torch.Tensor):  # unattacked rows keep clean preds
         adv_pred = torch.where(clean_ok, adv_pred.cpu(), torch.as_tensor(clean_pred).cpu())
@@ -123,3 +126,18 @@ def input_gradient_norms(model: Any, batch: Batch, objective: Any) -> torch.Tens
     if grad is None:
         return torch.zeros(len(batch))
     return grad.detach().flatten(1).norm(dim=1).cpu()
+
+
+def substituted_prompts(batch: Batch, attacked: torch.Tensor, sub: Batch, texts: list[list[str]] | None,
+                        budget: int | None) -> list[str] | None:
+    """The prompts the adversarial verdict generates from: a prompt attack's (one text per attacked row,
+    within its word budget) in place of the attacked rows' own; the batch's prompts otherwise."""
+    if texts is None or batch.prompts is None:
+        return batch.prompts
+    assert sub.prompts is not None
+    check_word_budget([[p] for p in sub.prompts], texts, budget)
+    prompts = list(batch.prompts)
+    for row, row_texts in zip(attacked.nonzero().flatten().tolist(), texts):
+        prompts[row] = row_texts[0]
+    return prompts
+

@@ -29,6 +29,7 @@ def evaluate_retrieval(cell: ResolvedCell, model: Any, device: torch.device,
     """The cell's ``samples`` table (``ImageTextRetrieval.gallery_rows`` plus the usual per-image
     columns) after every member attacked every batch of the gallery (one member for a plain attack)."""
     task, attack, spec = cell.task, cell.attack, cell.spec
+    task.check_model(model)  # a model that cannot read the captions: one clear error, nothing written
     members = list(attack.members) if isinstance(attack, RetrievalWorstCase) else [attack]
     objective = task.objective(getattr(attack, "loss", None))
     clean: dict[str, list[Any]] = {k: [] for k in ("img", "txt", "owner", "group", "index", "grad")}

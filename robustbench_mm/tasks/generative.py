@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from robustbench_mm.attacks.objectives import LMObjective
+from robustbench_mm.attacks.retrieval_objective import PROTECTED_KEY
 from robustbench_mm.errors import ConfigError
 from robustbench_mm.models.base import PlainPrompt
 from robustbench_mm.tasks.base import TASKS, Task, to_long
@@ -132,8 +133,11 @@ class GenerativeTask(Task):
         template = self.prompt_for(self.family)
         questions = list(rows[self.question_column]) if self.question_column else [None] * len(indices)
         prompts = [_fill(template, q) for q in questions]
+        extra: dict[str, object] = {"all_answers": answers}
+        if self.bundled:  # word-substitution attacks on the prompt may not name a class in it
+            extra[PROTECTED_KEY] = frozenset(w for c in self.classes for w in c.lower().split())
         return Batch(pixels=pixels, labels=to_long(labels), index=to_long(indices), prompts=prompts,
-                     answers=[a[0] for a in answers], targets=targets, extra={"all_answers": answers})
+                     answers=[a[0] for a in answers], targets=targets, extra=extra)
 
     def objective(self, loss: str | None = None) -> Objective:
         if loss in ("margin", "dlr"):  # the answer-token margin (DLR analogue)

@@ -96,13 +96,20 @@ class ImageTextRetrieval(Task):
         pixels = images_to_pixels(self.dataset, rows[self.image_column], image_size)
         records = [rows[i] for i in range(len(indices))]
         captions = [self.captions_for(idx, r) for idx, r in zip(indices, records)]
-        # ground truth: the class on the bundled set (many-to-many), else the image's own row
-        groups = [int(r["label"]) for r in records] if self.dataset == BUNDLED else list(indices)
-        labels = to_long(groups)
+        labels = to_long([self.ground_truth_group(idx, r) for idx, r in zip(indices, records)])
         extra: dict[str, object] = {CAPTIONS_KEY: captions, GROUP_KEY: labels.clone()}
         if self.dataset == BUNDLED:  # a caption's class name is its ground truth: text attacks keep it
             extra[PROTECTED_KEY] = frozenset(w for c in self.classes for w in c.lower().split())
         return Batch(pixels=pixels, labels=labels, index=to_long(indices), extra=extra)
+
+    def check_model(self, model: Any) -> None:
+        """Raise ``ConfigError`` when ``model`` cannot read this task's captions (called once the model
+        is loaded, before any batch); every CLIP model can read the class-name captions."""
+
+    def ground_truth_group(self, index: int, row: dict[str, Any]) -> int:
+        """The group whose captions match this image: the class on the bundled set (many-to-many),
+        else the image's own row."""
+        return int(row["label"]) if self.dataset == BUNDLED else index
 
     def objective(self, loss: str | None = None) -> Objective:
         if loss not in (None, "ce"):

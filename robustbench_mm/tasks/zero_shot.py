@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from robustbench_mm.attacks.objectives import CLASSIFICATION_LOSSES, ClassifierObjective
+from robustbench_mm.attacks.retrieval_objective import PROTECTED_KEY
 from robustbench_mm.errors import ConfigError
 from robustbench_mm.tasks.base import TASKS, Task, to_long
 from robustbench_mm.tasks.data import class_names, images_to_pixels, load_checked
@@ -76,7 +77,10 @@ class ZeroShotClassification(Task):
         n_cls = len(self.classes)
         # a fixed target class per sample for targeted attacks (never the true class)
         targets = to_long([(y + 1 + i % max(1, n_cls - 1)) % n_cls for y, i in zip(labels, indices)])
-        return Batch(pixels=pixels, labels=to_long(labels), index=to_long(indices), targets=targets)
+        # word-substitution attacks on the class prompts keep the class names (renaming one changes the question)
+        protected = frozenset(w for c in self.classes for w in str(c).lower().split())
+        return Batch(pixels=pixels, labels=to_long(labels), index=to_long(indices), targets=targets,
+                     extra={PROTECTED_KEY: protected})
 
     def targeted_success(self, batch: Batch, adv_prediction: Tensor | list[str]) -> Tensor:
         assert isinstance(adv_prediction, Tensor) and isinstance(batch.targets, Tensor)

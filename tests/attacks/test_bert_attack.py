@@ -103,12 +103,14 @@ def test_joint_attacks_stay_in_budget_and_reuse_the_text_attack(clip_and_batch) 
             assert result.texts == text_only.texts
 
 
-def test_text_attacks_refuse_classification_tasks() -> None:
+def test_bert_attack_refuses_classification_tasks() -> None:
+    """bert-attack alone attacks captions only (the joint attacks also take class prompts:
+    tests/attacks/test_joint_text_sides.py)."""
     from robustbench_mm.errors import CapabilityError
     from robustbench_mm.runner.resolve import CellSpec, resolve
 
     with pytest.raises(CapabilityError, match="needs a retrieval task"):
-        resolve(CellSpec(model="clip-tiny", attack="co-attack", task="fmnist-zeroshot"))
+        resolve(CellSpec(model="clip-tiny", attack="bert-attack", task="fmnist-zeroshot"))
 
 
 def test_open_clip_tokenizer_filters_substitutes() -> None:

@@ -1,6 +1,8 @@
 """The published ordering of retrieval attacks (SGA >= Co-Attack >= Sep-Attack >= PGD-image-only on
-image->text R@1 attack success, within 95% intervals) on clip-tiny at a CI size, through the
-committed script's own measurement."""
+image->text R@1 attack success, within 95% intervals) at a CI size, through the committed script's
+own measurement, on the set where the text side matters: fmnist-captions-retrieval with
+clip-tiny-captions, whose text tower reads the attribute words (on fmnist-retrieval / clip-tiny the
+text side breaks nothing and the ordering holds only as ties)."""
 
 from __future__ import annotations
 
@@ -29,10 +31,15 @@ def test_ordering_check_flags_a_weaker_stronger_attack() -> None:
 
 
 @pytest.mark.slow
-def test_published_ordering_holds_on_clip_tiny(tmp_path: Path) -> None:
+def test_published_ordering_holds_and_the_text_side_breaks_queries(tmp_path: Path) -> None:
     script = strength_script()
-    rows = script.measure("clip-tiny", 40, 0, "cpu", tmp_path / "store")
+    task = "fmnist-captions-retrieval"
+    rows = script.measure(script.MODEL_FOR_TASK[task], 40, 0, "cpu", tmp_path / "store", task)
     by = {r["attack"]: r for r in rows}
     assert script.ordering_holds(rows) == [], rows
-    assert by["pgd"]["tr_asr"] > 0  # the image attack breaks some queries: the ordering is not among zeros
     assert all(0 <= r["tr_asr_low"] <= r["tr_asr"] <= r["tr_asr_high"] <= 1 for r in rows)
+    assert by["pgd"]["tr_asr"] > 0  # the image attack breaks some queries: the ordering is not among zeros
+    # the text side does something: word substitution alone breaks queries, and the joint attack
+    # that adds it to the image attack beats image-only PGD beyond PGD's interval
+    assert by["bert-attack"]["tr_asr_low"] > 0
+    assert by["co-attack"]["tr_asr"] > by["pgd"]["tr_asr_high"], rows

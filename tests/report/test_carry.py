@@ -83,6 +83,17 @@ def test_carry_alone_rerenders_the_release(first: Path, cli, tmp_path: Path) -> 
     assert _tree(tmp_path / "again") == _tree(first)  # the same release, manifest included
 
 
+def test_release_from_before_the_text_to_image_columns_still_carries(first: Path, tmp_path: Path) -> None:
+    """A release written before ir_r1_clean/ir_r1_robust existed (no retrieval entries) carries, with
+    those columns empty, and renders no retrieval columns for its sections."""
+    old = pd.read_parquet(first / "entries.parquet").drop(columns=["ir_r1_clean", "ir_r1_robust"])
+    old.to_parquet(first / "entries.parquet", index=False)
+    summary = write_release([], tmp_path / "again", carry=first)
+    df = pd.read_parquet(tmp_path / "again" / "entries.parquet")
+    assert summary["carried"] == 3 and df["ir_r1_clean"].isna().all() and df["ir_r1_robust"].isna().all()
+    assert "text->image" not in (tmp_path / "again" / "leaderboard.md").read_text()
+
+
 @pytest.mark.parametrize("damage", ["not-a-release", "other-schema", "missing-page"])
 def test_bad_carry_is_one_line_exit_2_and_nothing_written(first: Path, make_store, cli, tmp_path: Path,
                                                           damage: str) -> None:  # type: ignore[no-untyped-def]

@@ -63,7 +63,8 @@ def test_columns_and_types_agree_with_schema(board_store, tmp_path: Path) -> Non
     assert schema["schema_version"] == 1
     assert list(df.columns) == list(schema["columns"])
     wanted = ("task, norm, eps, model, defense, protocol, rank, clean_accuracy, robust_accuracy, robust_low, "
-              "robust_high, asr, certified_accuracy, certified_radius, fcsb, flags, n, seed, weights_revision, "
+              "robust_high, asr, ir_r1_clean, ir_r1_robust, certified_accuracy, certified_radius, fcsb, flags, n, seed, "
+              "weights_revision, "
               "git_commit, created_at, detail, model_card, defense_card, paper").split(", ")
     assert list(df.columns) == wanted
     assert all(spec["meaning"] and "unit" in spec for spec in schema["columns"].values())
