@@ -322,7 +322,8 @@ class APGDTargeted(APGD):
         for _ in range(n_t):  # the loop in turn draws one start per target it runs, in this order
             starts.append(boundary_start(x, self.norm, self.eps, generator, batch.seeds))  # type: ignore[arg-type]
             states.append(generator.get_state())
-        out = RunResult(x.clone(), torch.full((n,), -math.inf, device=x.device), torch.zeros(n, dtype=torch.bool, device=x.device))
+        out = RunResult(x.clone(), torch.full((n,), -math.inf, device=x.device),
+                        torch.zeros(n, dtype=torch.bool, device=x.device))
         cap = STACKED_ROWS["cpu" if x.device.type == "cpu" else "accelerator"]
         per_chunk = max(1, cap // max(n, 1))
         first = torch.full((n,), n_t, dtype=torch.long, device=x.device)  # first breaking target per sample

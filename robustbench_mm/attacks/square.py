@@ -139,6 +139,8 @@ class Square(LogitsCall, Attack):
         x, eps = batch.pixels.detach(), float(self.eps)
         n, c, h, w = x.shape
         draws = _Draws(x.shape, self.steps, generator, batch.seeds, restart)
+        # moved to the images' device once, not per query (drawn on CPU so a seed means one search everywhere)
+        place_all, signs_all = draws.place.to(x.device), draws.signs.to(x)
         can_stop = verdict_of(batch).draws == 1
         targeted = bool(getattr(objective, "targeted", False))
         ys, xs = torch.arange(h, device=x.device).view(1, h, 1), torch.arange(w, device=x.device).view(1, 1, w)
@@ -157,11 +159,11 @@ class Square(LogitsCall, Attack):
                         break
                     sub = batch.take(rows)
             s = min(max(int(round(math.sqrt(p_selection(self.p_init, i) * h * w))), 1), h - 1)
-            place = draws.place[rows.cpu(), i].to(x.device)
+            place = place_all[rows, i]
             top = (place[:, 0] * (h - s)).long().view(-1, 1, 1)
             left = (place[:, 1] * (w - s)).long().view(-1, 1, 1)
             window = ((ys >= top) & (ys < top + s) & (xs >= left) & (xs < left + s)).unsqueeze(1)
-            colour = draws.signs[rows.cpu(), i].to(x).view(-1, c, 1, 1)
+            colour = signs_all[rows, i].view(-1, c, 1, 1)
             cand = torch.where(window, (x_s + eps * colour).clamp(0.0, 1.0), best)
             with torch.no_grad():
                 margin, loss = margin_and_loss(bound(objective, sub).logits(model, cand), sub,
