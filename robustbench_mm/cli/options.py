@@ -41,7 +41,7 @@ PickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="Allow pickle ch
 RemoteOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow Hugging Face remote code.")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the vision path and LM for the attack loop.")]
 ShardOpt = Annotated[Optional[str], typer.Option("--shard", help="i/k: evaluate only shard i of k of every cell "
-                                               "(its batches j with j %% k = i-1); give each shard its own --out "
+                                               "(its batches j with j % k = i-1); give each shard its own --out "
                                                "and combine them with `mmrobust merge`. Results equal one whole "
                                                "run at the same --batch-size.")]
 VisionEncoderOpt = Annotated[Optional[str], typer.Option("--vision-encoder", help="LLaVA / BLIP-2 only: a CLIP image "

@@ -33,7 +33,7 @@ from robustbench_mm.tasks.retrieval import is_retrieval
 
 VERSIONS = ("auto", "standard", "rand")
 FAMILIES = ("classification", "generative", "retrieval")
-LATEST = {"standard": "standard-v3", "rand": "rand-v2"}
+LATEST = {"standard": "standard-v4", "rand": "rand-v2"}
 LATEST_RETRIEVAL = "retrieval-v1"  # what auto and standard mean for a retrieval task
 _TOP_KEYS = {"name", "id", "version", "description", "verdict_draws", "verdict_rule", "eot_draws", *FAMILIES}
 _FAMILY_KEYS = {"members", "rescales_logits", "threat_models"}

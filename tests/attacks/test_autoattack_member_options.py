@@ -3,7 +3,8 @@ the objects the resolver builds for a real cell (and, for torchattacks members, 
 object those settings construct). The expected values are AutoAttack's (``autoattack/autoattack.py``,
 version 'standard': APGD-CE 1 restart; APGD-T 9 targets, 1 restart; FAB-T 9 targets, 1 restart;
 Square p_init 0.8, 5,000 queries, 1 restart, resc_schedule False: our ``square`` member takes the
-unscaled schedule always). v2's ``aa-square`` (torchattacks' Square) is checked the same way."""
+unscaled schedule always; our ``fab-t`` takes no random start, as AutoAttack's one restart). v2's
+``aa-square`` and v3's ``ta-fab-t`` (torchattacks' Square and FAB) are checked the same way."""
 
 from __future__ import annotations
 
@@ -18,8 +19,7 @@ from robustbench_mm.runner.resolve import CellSpec, resolve
 AUTOATTACK_STANDARD: dict[str, dict[str, Any]] = {
     "apgd-ce": {"steps": 100, "restarts": 1, "loss": "ce", "rho": 0.75, "momentum": 0.75, "eot": 1},
     "apgd-t": {"steps": 100, "restarts": 1, "loss": "dlr", "rho": 0.75, "momentum": 0.75, "eot": 1, "n_targets": 9},
-    "ta-fab-t": {"steps": 100, "n_restarts": 1, "multi_targeted": True, "n_target_classes": 9, "alpha_max": 0.1,
-                 "eta": 1.05, "beta": 0.9},
+    "fab-t": {"steps": 100, "n_targets": 9, "alpha_max": 0.1, "eta": 1.05, "beta": 0.9},
     "square": {"steps": 5000, "p_init": 0.8, "restarts": 1, "square_loss": "margin"},
 }
 
@@ -57,6 +57,15 @@ def test_v2_square_member_reads_back_autoattacks_settings() -> None:
     got = _read_back(square)
     assert {k: got[k] for k in ("n_queries", "p_init", "n_restarts", "loss", "rescale_schedule")} == {
         "n_queries": 5000, "p_init": 0.8, "n_restarts": 1, "loss": "margin", "rescale_schedule": False}
+
+
+def test_v3_fab_member_reads_back_autoattacks_settings() -> None:
+    cell = resolve(CellSpec(model="clip-tiny", attack="x", task="fmnist-zeroshot", norm="linf", eps=8 / 255, n=8,
+                            protocol="standard-v3"))
+    got = _read_back({m.name: m for m in cell.attack.members}["ta-fab-t"])
+    assert {k: got[k] for k in ("steps", "n_restarts", "multi_targeted", "n_target_classes", "alpha_max", "eta",
+                                "beta")} == {"steps": 100, "n_restarts": 1, "multi_targeted": True,
+                                             "n_target_classes": 9, "alpha_max": 0.1, "eta": 1.05, "beta": 0.9}
 
 
 def test_torchattacks_square_default_differs_so_v1_member_is_not_autoattacks() -> None:

@@ -19,7 +19,7 @@ def test_standard_protocol_gives_the_same_rows_in_any_batch_size(fmnist_model, e
     runs = [benchmark_module(model, x, y, eps=EPS, version="standard", batch_size=b, return_adversarial=True)
             for b in (24, 10)]
     a, b = runs
-    assert a.protocol == "mm-aa/standard/v3"
+    assert a.protocol == "mm-aa/standard/v4"
     cols = ["index", "adv_correct", "broken_by", "final_adv_correct"]
     assert a.samples[cols].equals(b.samples[cols])
     assert torch.equal(a.adversarial, b.adversarial)

@@ -96,7 +96,7 @@ def test_published_correct_rule_table() -> None:
 def test_rand_v2_is_sticky_and_v1_files_keep_their_identity() -> None:
     rand, std = load_protocol(LATEST["rand"]), load_protocol(LATEST["standard"])
     assert (rand.id, rand.verdict_rule, rand.verdict_draws) == ("mm-aa/rand/v2", "sticky", 16)
-    assert (std.id, std.verdict_rule) == ("mm-aa/standard/v3", "sticky")
+    assert (std.id, std.verdict_rule) == ("mm-aa/standard/v4", "sticky")
     assert load_protocol("standard-v2").verdict_rule == "sticky"
     assert rand.config()["verdict_rule"] == "sticky"
     for old in ("rand-v1", "standard-v1"):

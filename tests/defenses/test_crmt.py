@@ -244,7 +244,7 @@ def test_fused_task_is_a_classification_task_under_the_protocol() -> None:
 
     _, version, specs = plan("clip-tiny", defense="crmt", task="fmnist-multimodal", n=4)
     assert version.startswith("standard") and [s.norm for s in specs] == ["linf", "l2"]
-    assert [m.name for m in resolve(specs[0]).attack.members] == ["apgd-ce", "apgd-t", "ta-fab-t", "square"]
+    assert [m.name for m in resolve(specs[0]).attack.members] == ["apgd-ce", "apgd-t", "fab-t", "square"]
 
 
 def test_fused_objective_keeps_each_row_with_its_own_text() -> None:
