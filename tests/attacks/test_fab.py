@@ -99,3 +99,22 @@ def test_l2_runs_torchattacks_fab(fmnist_model, eval_set) -> None:
 def test_bad_parameters_are_one_clear_error(bad: dict[str, float]) -> None:
     with pytest.raises(ConfigError):
         build("fab-t", **bad)
+
+
+def test_rows_bound_to_their_own_text_match_one_row_at_a_time() -> None:
+    """On a task whose logits depend on each image's own text (crmt's fused task), the stacked rows
+    keep their texts: the whole batch gives each sample what it gets attacked alone."""
+    from robustbench_mm.models.zoo import load_model
+    from robustbench_mm.tasks.crmt_task import MultimodalClassification
+
+    model = load_model("clip-tiny")
+    task = MultimodalClassification(p_corrupt=0.5, p_missing=0.2)
+    batch = task.load_examples(list(range(5)), model.image_size)
+    objective, attack = task.objective(), build("fab-t", eps=8 / 255, steps=8)
+    whole = attack.perturb(model, batch, objective, generator=torch.Generator().manual_seed(0))
+    check_valid(batch.pixels, whole.pixels, "linf", 8 / 255)
+    assert bool((whole.pixels != batch.pixels).any()), "nothing moved: the comparison would be vacuous"
+    for i in range(len(batch)):
+        alone = attack.perturb(model, batch.take(torch.tensor([i])), objective,
+                               generator=torch.Generator().manual_seed(0))
+        assert torch.allclose(alone.pixels[0], whole.pixels[i], atol=1e-5), i
