@@ -54,3 +54,26 @@ def test_training_defense_steps_under_bf16_autocast(tmp_path: Path) -> None:
         d.name = "topk-rs"
         out = d.fit(model, tmp_path / name, stop_after=3)
         assert out["step"] == 3 and all(torch.isfinite(torch.tensor(out["losses"])))
+
+
+@pytest.mark.parametrize("member", ["fab-t", "square"])
+def test_own_late_members_break_the_same_samples_on_the_device_as_on_cpu(member: str) -> None:
+    """Our FAB-T and Square are deterministic given the seed (Square draws on CPU): on the device
+    they break the samples they break on CPU, up to one borderline sample of 64."""
+    import robustbench_mm.attacks.registry_imports  # noqa: F401
+    from robustbench_mm.attacks import build
+    from robustbench_mm.attacks.objectives import ClassifierObjective
+    from robustbench_mm.attacks.torchattacks_bridge import LogitsModule
+    from robustbench_mm.models.zoo import LoadOptions, load_model
+    from robustbench_mm.tasks.bundled import FMNIST_CLASSES, fmnist_eval_arrays, to_model_pixels
+
+    images, labels, _ = fmnist_eval_arrays()
+    broken = {}
+    for device in ("cpu", DEVICE):
+        model = LogitsModule(load_model("clip-tiny", LoadOptions(device=device, dtype="fp32")),
+                             ClassifierObjective([f"a photo of a {c}" for c in FMNIST_CLASSES])).eval()
+        x, y = to_model_pixels(images[:64], 32).to(device), torch.as_tensor(labels[:64]).to(device)
+        adv = build(member, eps=4 / 255, steps=100 if member == "fab-t" else 500)(model, x, y)
+        with torch.no_grad():
+            broken[device] = (model(adv).argmax(1) != y).cpu()
+    assert int((broken["cpu"] != broken[DEVICE]).sum()) <= 1, broken
