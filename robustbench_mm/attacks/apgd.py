@@ -43,6 +43,17 @@ LossName = Literal["ce", "dlr", "margin"]
 STACKED_ROWS = {"cpu": 256, "accelerator": 1024}
 
 
+def targets_per_chunk(n: int, device: torch.device) -> int:
+    """Targets of ``n`` samples that fit one stacked batch (``STACKED_ROWS`` rows), at least one."""
+    return max(1, STACKED_ROWS["cpu" if device.type == "cpu" else "accelerator"] // max(n, 1))
+
+
+def targets_in_turn(first: Tensor, n_t: int) -> int:
+    """Targets AutoAttack's loop in turn would run, given each sample's first breaking target
+    (``n_t`` where none breaks it): all of them while a sample stands, else up to the last first break."""
+    return n_t if bool((first == n_t).any()) else int(first.max()) + 1
+
+
 def boundary_start(x: Tensor, norm: Norm, eps: float, generator: torch.Generator,
                    seeds: Tensor | None = None) -> Tensor:
     """AutoAttack's start: a random direction scaled onto the eps-sphere (linf: max coordinate = eps).
@@ -324,8 +335,7 @@ class APGDTargeted(APGD):
             states.append(generator.get_state())
         out = RunResult(x.clone(), torch.full((n,), -math.inf, device=x.device),
                         torch.zeros(n, dtype=torch.bool, device=x.device))
-        cap = STACKED_ROWS["cpu" if x.device.type == "cpu" else "accelerator"]
-        per_chunk = max(1, cap // max(n, 1))
+        per_chunk = targets_per_chunk(n, x.device)
         first = torch.full((n,), n_t, dtype=torch.long, device=x.device)  # first breaking target per sample
         for k0 in range(0, n_t, per_chunk):
             alive = ~out.success  # type: ignore[operator]
@@ -346,6 +356,6 @@ class APGDTargeted(APGD):
                 first[newly] = k
                 merged = merge(out.pixels, out.loss, out.success, RunResult(res.pixels[part], loss[part], succ), rows)
                 out = RunResult(*merged)
-        used = n_t if bool((first == n_t).any()) else int(first.max()) + 1  # targets the loop in turn would run
+        used = targets_in_turn(first, n_t)
         generator.set_state(states[used])
         return out, used

@@ -12,9 +12,9 @@ likely non-true classes of the clean logits, as in AutoAttack.
 Why our own rather than torchattacks' FAB (which ``ta-fab-t`` runs): the protocol runs FAB-T on the
 few samples APGD left standing, one target after the other, at batches of a few rows; its time
 was 2.4x the forward+backward passes its budget needs, a third of it in the projection's sort.
-Here the targets of a sample are rows of one batch (``STACKED_ROWS`` at most), the sort runs in
-NumPy on CPU, and a sample stops once one of its rows finds a misclassified point inside the
-budget: FAB only shrinks that point's distance afterwards, which cannot change the verdict at
+Here the targets of a sample are rows of one batch (``STACKED_ROWS`` at most), the projection
+needs no sort (Newton steps, ``fab_projection``), and a sample stops once one of its rows finds a
+misclassified point inside the budget: FAB only shrinks that point's distance afterwards, which cannot change the verdict at
 ``eps`` (the returned image is then the first such point, not the smallest one). Every row's
 trajectory depends on its sample and target only, so the samples broken are the ones
 torchattacks' FAB-T breaks (tests/attacks/test_fab.py). l2 runs torchattacks' FAB.
@@ -27,11 +27,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from robustbench_mm.attacks.apgd import STACKED_ROWS, LogitsCall
+from robustbench_mm.attacks.apgd import LogitsCall, targets_in_turn, targets_per_chunk
 from robustbench_mm.attacks.base import ATTACKS, Attack, check_threat
 from robustbench_mm.attacks.fab_projection import project_linf
 from robustbench_mm.attacks.objectives import bound, has_logits
 from robustbench_mm.attacks.verdict import fp32_forward, verdict_of
+from robustbench_mm.attacks.worst_case import rows_like
 from robustbench_mm.errors import CapabilityError, ConfigError
 from robustbench_mm.types import AttackResult, Batch, Objective
 
@@ -71,13 +72,12 @@ class FABTargeted(LogitsCall, Attack):
         if self.norm == "l2":
             return self._torchattacks_l2(model, batch, base, generator)
         x = batch.pixels.detach()
-        with fp32_forward(x.device):
-            clean = verdict_of(batch).mean_logits(bound(base, batch).logits, model, x)
+        clean = verdict_of(batch).mean_logits(bound(base, batch).logits, model, x)  # fp32, as the verdict
         n_t = min(self.n_targets, clean.shape[1] - 1)
         targets = clean.argsort(dim=1, descending=True)[:, 1:n_t + 1]
         out, nominated, used = self._stacked(model, batch, base, targets)
         broken = verdict_of(batch).confirm(model, out, batch, base, nominated)  # the verdict, not the search, breaks
-        out = torch.where(broken.view(-1, *[1] * (x.dim() - 1)), out, x)
+        out = torch.where(rows_like(broken, x), out, x)
         with torch.no_grad():
             loss = base(model, out, batch).float()
         return AttackResult(out, loss, used * (2 * self.steps + 1))
@@ -88,8 +88,7 @@ class FABTargeted(LogitsCall, Attack):
         x, n, n_t = batch.pixels.detach(), len(batch), targets.shape[1]
         out, nominated = x.clone(), torch.zeros(n, dtype=torch.bool, device=x.device)
         first = torch.full((n,), n_t, dtype=torch.long, device=x.device)  # first breaking target per sample
-        cap = STACKED_ROWS["cpu" if x.device.type == "cpu" else "accelerator"]
-        per_chunk = max(1, cap // max(n, 1))
+        per_chunk = targets_per_chunk(n, x.device)
         for k0 in range(0, n_t, per_chunk):
             rows = (~nominated).nonzero().flatten()
             if not len(rows):
@@ -102,8 +101,7 @@ class FABTargeted(LogitsCall, Attack):
                 hit = rows[found[part]]
                 out[hit], first[hit] = adv[part][found[part]], ks[j]
             nominated[sample[found]] = True
-        used = n_t if bool((first == n_t).any()) else int(first.max()) + 1
-        return out, nominated, used
+        return out, nominated, targets_in_turn(first, n_t)
 
     def run_rows(self, model: Any, rows: Batch, base: Any, targets: Tensor) -> tuple[Tensor, Tensor]:
         """FAB on every row towards its target; ``(image, found)``: for rows that found a
@@ -111,39 +109,39 @@ class FABTargeted(LogitsCall, Attack):
         assert self.eps is not None
         x0 = rows.pixels.detach()
         labels = rows.labels.to(x0.device)
-        eps, shape = float(self.eps), x0.shape
+        eps = float(self.eps)
         stop_early = verdict_of(rows).draws == 1
         found = torch.zeros(len(x0), dtype=torch.bool, device=x0.device)
         closest = torch.full((len(x0),), float("inf"), device=x0.device)
         best, x1 = x0.clone(), x0.clone()
         live = torch.arange(len(x0), device=x0.device)  # rows still iterating, in the compact tensors below
-        sub, y, t, start = rows, labels, targets.to(x0.device), x0
+        scorer, y, t, start = bound(base, rows), labels, targets.to(x0.device), x0  # logits of the live rows
         for _ in range(self.steps):
-            diff, grad = _target_margin_and_grad(model, base, sub, x1, y, t)
+            diff, grad = _target_margin_and_grad(model, scorer, x1, y, t)
             w = grad.flatten(1)
             b = (w * x1.flatten(1)).sum(1) - diff
             moves = project_linf(torch.cat([x1.flatten(1), start.flatten(1)]), torch.cat([w, w]), torch.cat([b, b]))
             size = moves.abs().amax(1).clamp_min(1e-8)
             a1, a2 = size[: len(x1)], size[len(x1):]
-            alpha = (a1 / (a1 + a2)).clamp(0.0, self.alpha_max).view(-1, *[1] * (x1.dim() - 1))
+            alpha = rows_like((a1 / (a1 + a2)).clamp(0.0, self.alpha_max), x1)
             d1, d2 = moves[: len(x1)].view_as(x1), moves[len(x1):].view_as(x1)
             x1 = ((x1 + self.eta * d1) * (1 - alpha) + (start + self.eta * d2) * alpha).clamp(0.0, 1.0)
             with fp32_forward(x1.device):
-                wrong = bound(base, sub).logits(model, x1).argmax(1) != y
+                wrong = scorer.logits(model, x1).argmax(1) != y
             dist = (x1 - start).flatten(1).abs().amax(1)
             closer = wrong & (dist < closest[live])
             best[live[closer]] = x1[closer]
             closest[live[closer]] = dist[closer]
             found[live[closer & (dist <= eps)]] = True
-            x1 = torch.where(wrong.view(-1, *[1] * (x1.dim() - 1)), start + (x1 - start) * self.beta, x1)
+            x1 = torch.where(rows_like(wrong, x1), start + (x1 - start) * self.beta, x1)
             if stop_early:
                 keep = ~found[live]
                 if not bool(keep.all()):
                     live, x1, y, t, start = live[keep], x1[keep], y[keep], t[keep], start[keep]
                     if not len(live):
                         break
-                    sub = rows.take(live)
-        return best.view(shape), found
+                    scorer = bound(base, rows.take(live))
+        return best, found
 
     def _torchattacks_l2(self, model: Any, batch: Batch, objective: Any, generator: torch.Generator) -> AttackResult:
         from robustbench_mm.attacks.torchattacks_bridge import TorchattacksBridge
@@ -155,12 +153,13 @@ class FABTargeted(LogitsCall, Attack):
         return bridge.perturb(model, batch, objective, generator=generator)
 
 
-def _target_margin_and_grad(model: Any, base: Any, rows: Batch, x: Tensor, labels: Tensor,
+def _target_margin_and_grad(model: Any, scorer: Any, x: Tensor, labels: Tensor,
                             targets: Tensor) -> tuple[Tensor, Tensor]:
-    """``z_target - z_true`` per row at ``x`` and its gradient in the pixels (one forward+backward)."""
+    """``z_target - z_true`` per row at ``x`` (``scorer``: the objective bound to these rows) and its
+    gradient in the pixels (one forward+backward)."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        z = bound(base, rows).logits(model, x).float()
+        z = scorer.logits(model, x).float()
         idx = torch.arange(len(x), device=x.device)
         diff = z[idx, targets] - z[idx, labels]
         (grad,) = torch.autograd.grad(diff.sum(), x)
